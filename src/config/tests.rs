@@ -1,0 +1,194 @@
+use std::time::Duration;
+
+use clap::Parser;
+
+use super::*;
+
+fn flags(args: &[&str]) -> ProxyFlags {
+    let mut argv = vec!["kproxy"];
+    argv.extend_from_slice(args);
+    Cli::try_parse_from(argv).expect("flags parse").flags
+}
+
+fn file(yaml: &str) -> KubeProxyConfiguration {
+    KubeProxyConfiguration::parse(yaml, "test.yaml").expect("file parses")
+}
+
+#[test]
+fn defaults_match_kube_proxy() {
+    let cfg = Config::build(&flags(&[]), None).expect("valid");
+    assert_eq!(cfg.mode, ProxyMode::Iptables);
+    assert_eq!(cfg.sync_period, Duration::from_secs(30));
+    assert_eq!(cfg.min_sync_period, Duration::from_secs(1));
+    assert_eq!(cfg.metrics_bind_address.to_string(), "127.0.0.1:10249");
+    assert_eq!(cfg.healthz_bind_address.to_string(), "0.0.0.0:10256");
+    assert_eq!(cfg.masquerade_mark(), 0x4000);
+    assert!(!cfg.masquerade_all);
+    assert_eq!(cfg.nodeport_addresses, NodePortAddresses::All);
+}
+
+#[test]
+fn flags_are_parsed() {
+    let cfg = Config::build(
+        &flags(&[
+            "--proxy-mode=nftables",
+            "--cluster-cidr=10.244.0.0/16,fd00:10::/56",
+            "--nodeport-addresses=192.168.0.0/16",
+            "--masquerade-all",
+            "--sync-period=1m",
+            "--min-sync-period=0s",
+            "--hostname-override=Node-A",
+            "--metrics-bind-address=0.0.0.0:9999",
+            "-v=4",
+        ]),
+        None,
+    )
+    .expect("valid");
+    assert_eq!(cfg.mode, ProxyMode::Nftables);
+    assert_eq!(cfg.cluster_cidrs.len(), 2);
+    assert!(matches!(cfg.nodeport_addresses, NodePortAddresses::Cidrs(ref n) if n.len() == 1));
+    assert!(cfg.masquerade_all);
+    assert_eq!(cfg.sync_period, Duration::from_secs(60));
+    assert_eq!(cfg.min_sync_period, Duration::ZERO);
+    assert_eq!(cfg.hostname_override.as_deref(), Some("node-a"));
+    assert_eq!(cfg.metrics_bind_address.port(), 9999);
+    assert_eq!(cfg.verbosity, 4);
+}
+
+const KUBEADM_CONFIG: &str = r#"
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+bindAddress: 0.0.0.0
+bindAddressHardFail: false
+clientConnection:
+  acceptContentTypes: ""
+  burst: 0
+  contentType: ""
+  kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+  qps: 0
+clusterCIDR: 10.244.0.0/16
+configSyncPeriod: 0s
+conntrack:
+  maxPerCore: null
+  min: null
+  tcpBeLiberal: false
+  tcpCloseWaitTimeout: null
+  tcpEstablishedTimeout: null
+  udpStreamTimeout: 0s
+  udpTimeout: 0s
+detectLocal:
+  bridgeInterface: ""
+  interfaceNamePrefix: ""
+detectLocalMode: ""
+enableProfiling: false
+healthzBindAddress: ""
+hostnameOverride: ""
+iptables:
+  localhostNodePorts: null
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+ipvs:
+  excludeCIDRs: null
+  minSyncPeriod: 0s
+  scheduler: ""
+  strictARP: false
+  syncPeriod: 0s
+  tcpFinTimeout: 0s
+  tcpTimeout: 0s
+  udpTimeout: 0s
+logging:
+  flushFrequency: 0
+  options:
+    json:
+      infoBufferSize: "0"
+  verbosity: 0
+metricsBindAddress: ""
+mode: ""
+nftables:
+  masqueradeAll: false
+  masqueradeBit: null
+  minSyncPeriod: 0s
+  syncPeriod: 0s
+nodePortAddresses: null
+oomScoreAdj: null
+portRange: ""
+showHiddenMetricsForVersion: ""
+winkernel:
+  enableDSR: false
+  forwardHealthCheckVip: false
+  networkName: ""
+  rootHnsEndpointName: ""
+  sourceVip: ""
+"#;
+
+#[test]
+fn kubeadm_configmap_is_accepted() {
+    // kubeadm writes 0s for "unset" sync periods; kube-proxy then applies its defaults.
+    let f = file(KUBEADM_CONFIG);
+    assert_eq!(f.cluster_cidr.as_deref(), Some("10.244.0.0/16"));
+    assert_eq!(
+        f.client_connection.and_then(|c| c.kubeconfig).as_deref(),
+        Some("/var/lib/kube-proxy/kubeconfig.conf")
+    );
+}
+
+#[test]
+fn file_values_apply_and_flags_override_them() {
+    let f = file(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n\
+         clusterCIDR: 10.244.0.0/16\nnftables:\n  syncPeriod: 45s\n  minSyncPeriod: 2s\n  masqueradeBit: 15\n\
+         metricsBindAddress: 0.0.0.0:10249\nhostnameOverride: worker-1\n",
+    );
+    let cfg = Config::build(&flags(&[]), Some(&f)).expect("valid");
+    assert_eq!(cfg.mode, ProxyMode::Nftables);
+    assert_eq!(cfg.sync_period, Duration::from_secs(45));
+    assert_eq!(cfg.min_sync_period, Duration::from_secs(2));
+    assert_eq!(cfg.masquerade_mark(), 0x8000);
+    assert_eq!(cfg.hostname_override.as_deref(), Some("worker-1"));
+
+    let cfg = Config::build(&flags(&["--proxy-mode=iptables", "--sync-period=10s"]), Some(&f)).expect("valid");
+    assert_eq!(cfg.mode, ProxyMode::Iptables);
+    assert_eq!(cfg.sync_period, Duration::from_secs(10));
+}
+
+#[test]
+fn bad_input_is_refused_with_a_named_source() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--proxy-mode=kernelspace"], "--proxy-mode"),
+        (&["--cluster-cidr=10.0.0/8"], "--cluster-cidr"),
+        (&["--sync-period=-5s"], "--sync-period"),
+        (&["--min-sync-period=-1s"], "--min-sync-period"),
+        (&["--sync-period=0s"], "--sync-period"),
+        (&["--sync-period=1s", "--min-sync-period=5s"], "--min-sync-period"),
+        (&["--metrics-bind-address=nonsense"], "--metrics-bind-address"),
+        (&["--nodeport-addresses=1.2.3.4"], "--nodeport-addresses"),
+    ];
+    for (args, source) in cases {
+        let err = Config::build(&flags(args), None).expect_err("must fail").to_string();
+        assert!(err.contains(source), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn unknown_and_mistyped_fields_are_refused() {
+    let unknown = KubeProxyConfiguration::parse("kind: KubeProxyConfiguration\nmodee: iptables\n", "f.yaml");
+    let err = unknown.expect_err("unknown field").to_string();
+    assert!(err.contains("modee"), "{err}");
+    let bad_kind = KubeProxyConfiguration::parse("kind: KubeletConfiguration\n", "f.yaml");
+    assert!(bad_kind.expect_err("bad kind").to_string().contains("kind"));
+    let nested = KubeProxyConfiguration::parse("iptables:\n  masqueradeAlll: true\n", "f.yaml");
+    assert!(
+        nested
+            .expect_err("nested unknown")
+            .to_string()
+            .contains("masqueradeAlll")
+    );
+}
+
+#[test]
+fn nodeport_addresses_primary_keyword() {
+    let cfg = Config::build(&flags(&["--nodeport-addresses=primary"]), None).expect("valid");
+    assert_eq!(cfg.nodeport_addresses, NodePortAddresses::Primary);
+}
