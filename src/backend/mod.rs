@@ -1,0 +1,106 @@
+//! Datapath backends behind one trait.
+//!
+//! ```text
+//!            DesiredState + ChangeSet + SyncKind
+//!                          │
+//!   sync::driver ──────────▼────────── Backend::sync ──▶ SyncStats | BackendError
+//!                                        │
+//!         ┌──────────────┬───────────────┼───────────────┬──────────────┐
+//!      iptables       nftables          ipvs         userspace     recording (tests)
+//!   render → diff → Transaction → sys (iptables-restore, nft, netlink, sockets)
+//! ```
+//!
+//! Contract every backend keeps:
+//! - `sync(Full)` brings the datapath to exactly `desired`, trusting no memory
+//!   of earlier syncs; `sync(Partial)` may rewrite only what `changes` names.
+//! - A failed sync leaves the previous rules in place (no half-applied state)
+//!   and returns an error; the driver then retries with a Full sync.
+//! - A backend never talks to the API server, never mutates the model, and
+//!   touches the kernel only through `sys`.
+//! - `render` is pure: the exact text a Full sync would hand the kernel.
+//! - `cleanup` removes everything the mode installed, and is idempotent.
+
+pub mod recording;
+pub mod table;
+
+use crate::config::ProxyMode;
+use crate::model::{ChangeSet, DesiredState};
+
+pub use recording::{Recorded, RecordingBackend};
+
+/// Whether a sync rewrites everything or only what changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SyncKind {
+    /// Rewrite the whole datapath from the desired state.
+    Full,
+    /// Rewrite only the service ports in the change set.
+    Partial,
+}
+
+/// What a successful sync did, for logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Service ports whose rules were (re)written.
+    pub ports_written: usize,
+    /// Service ports in the desired state.
+    pub ports_total: usize,
+    /// Rules (or elements) sent to the kernel.
+    pub rules_written: usize,
+    /// Bytes of rule text (or netlink batch) sent to the kernel.
+    pub bytes_written: usize,
+}
+
+/// Why a sync or cleanup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The kernel (or the loader tool) refused the rules; nothing was changed.
+    #[error("{tool} failed: {message}")]
+    Apply {
+        tool: String,
+        message: String,
+        /// The offending input lines with some context, when known.
+        context: Option<String>,
+    },
+    /// A tool could not be run at all.
+    #[error("cannot run {tool}: {message}")]
+    Exec { tool: String, message: String },
+    /// The mode is not available in this build or on this kernel.
+    #[error("proxy mode {0} is not available: {1}")]
+    Unavailable(ProxyMode, String),
+    /// A fault injected by a test backend.
+    #[error("injected failure: {0}")]
+    Injected(String),
+}
+
+/// A datapath.
+pub trait Backend: Send {
+    /// The mode this backend implements.
+    fn mode(&self) -> ProxyMode;
+
+    /// Programs `desired`; see the module contract for `kind`.
+    fn sync(&mut self, desired: &DesiredState, changes: &ChangeSet, kind: SyncKind) -> Result<SyncStats, BackendError>;
+
+    /// The exact kernel input a Full sync of `desired` would produce.
+    fn render(&self, desired: &DesiredState) -> String;
+
+    /// Removes everything this mode installed. Idempotent.
+    fn cleanup(&mut self) -> Result<(), BackendError>;
+}
+
+/// The backend for the configured mode, ready to program the node.
+pub fn for_mode(cfg: &crate::config::Config) -> Result<Box<dyn Backend>, BackendError> {
+    Err(BackendError::Unavailable(cfg.mode, "not implemented yet".into()))
+}
+
+/// A backend able to render rules for the configured mode, without
+/// touching the kernel; None when the mode has no renderer yet.
+pub fn renderer(cfg: &crate::config::Config) -> Option<Box<dyn Backend>> {
+    let _ = cfg;
+    None
+}
+
+/// One backend per mode, for `--cleanup`.
+pub fn all_backends(cfg: &crate::config::Config) -> Vec<Box<dyn Backend>> {
+    let _ = cfg;
+    Vec::new()
+}
