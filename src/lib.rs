@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod cmd;
 pub mod config;
+pub mod conntrack;
 pub mod model;
 pub mod sync;
 pub mod sys;

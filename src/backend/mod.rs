@@ -20,6 +20,7 @@
 //! - `render` is pure: the exact text a Full sync would hand the kernel.
 //! - `cleanup` removes everything the mode installed, and is idempotent.
 
+pub mod iptables;
 pub mod recording;
 pub mod table;
 
@@ -87,20 +88,35 @@ pub trait Backend: Send {
     fn cleanup(&mut self) -> Result<(), BackendError>;
 }
 
-/// The backend for the configured mode, ready to program the node.
-pub fn for_mode(cfg: &crate::config::Config) -> Result<Box<dyn Backend>, BackendError> {
-    Err(BackendError::Unavailable(cfg.mode, "not implemented yet".into()))
+/// The backend for the configured mode, ready to program the node through `sys`.
+pub fn for_mode(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Result<Box<dyn Backend>, BackendError> {
+    match cfg.mode {
+        ProxyMode::Iptables => Ok(Box::new(iptables_backend(cfg, sys))),
+        mode => Err(BackendError::Unavailable(mode, "not implemented yet".into())),
+    }
 }
 
 /// A backend able to render rules for the configured mode, without
 /// touching the kernel; None when the mode has no renderer yet.
 pub fn renderer(cfg: &crate::config::Config) -> Option<Box<dyn Backend>> {
-    let _ = cfg;
-    None
+    let unused = crate::sys::Sys::fake(crate::sys::FakeRunner::new());
+    for_mode(cfg, unused).ok()
 }
 
 /// One backend per mode, for `--cleanup`.
-pub fn all_backends(cfg: &crate::config::Config) -> Vec<Box<dyn Backend>> {
-    let _ = cfg;
-    Vec::new()
+pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
+    vec![Box::new(iptables_backend(cfg, sys))]
+}
+
+fn iptables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> iptables::IptablesBackend {
+    let mut settings = iptables::Settings::from_config(cfg);
+    // kube-proxy skips the INVALID drop when the kernel is already liberal.
+    if sys
+        .sysctl
+        .get("net.netfilter.nf_conntrack_tcp_be_liberal")
+        .is_ok_and(|v| v == "1")
+    {
+        settings.conntrack_liberal = true;
+    }
+    iptables::IptablesBackend::new(sys, settings, None)
 }

@@ -8,7 +8,7 @@ use crate::config::Config;
 /// Runs every mode's cleanup; idempotent.
 pub fn run(cfg: &Config) -> anyhow::Result<()> {
     let mut failures = Vec::new();
-    for mut b in backend::all_backends(cfg) {
+    for mut b in backend::all_backends(cfg, crate::sys::Sys::real()) {
         let mode = b.mode();
         match b.cleanup() {
             Ok(()) => info!(mode = %mode, "Cleaned up"),

@@ -6,8 +6,10 @@ use tracing::{error, info};
 
 use crate::backend;
 use crate::config::Config;
+use crate::conntrack::Cleaner;
 use crate::model::{Model, SelectionOptions};
 use crate::sync::{Driver, Runner, RunnerConfig};
+use crate::sys::Sys;
 use crate::watch::{self, NoopObserver};
 
 /// Runs until SIGINT/SIGTERM. Rules stay in place on exit (as with
@@ -15,7 +17,7 @@ use crate::watch::{self, NoopObserver};
 pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     let node_name = super::node_name(cfg)?;
     let runner_cfg = RunnerConfig::try_new(cfg.min_sync_period, cfg.sync_period)?;
-    let backend = backend::for_mode(cfg)?;
+    let backend = backend::for_mode(cfg, Sys::real())?;
     info!(mode = %cfg.mode, node = %node_name, "Using {} proxier", cfg.mode);
     let client = super::kube_client(cfg).await?;
 
@@ -28,7 +30,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
         runner.trigger(),
         Arc::new(NoopObserver),
     );
-    let driver = Driver::new(model, backend);
+    let driver = Driver::new(model, backend).with_conntrack(Cleaner::new(Sys::real()));
 
     let work = async move {
         if !watchers.readiness.wait().await {

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info};
 
 use crate::backend::{Backend, SyncKind, SyncStats};
+use crate::conntrack::{Cleaner, stale_flows};
 use crate::model::Model;
 
 /// A shared model, locked briefly by watchers and the driver.
@@ -44,6 +45,7 @@ pub struct Driver {
     model: SharedModel,
     backend: Arc<Mutex<Box<dyn Backend>>>,
     status: Arc<watch::Sender<SyncStatus>>,
+    conntrack: Option<Cleaner>,
 }
 
 /// Locks a mutex, recovering from poisoning: a panicked sync must not stop
@@ -61,7 +63,14 @@ impl Driver {
             model,
             backend: Arc::new(Mutex::new(backend)),
             status: Arc::new(status),
+            conntrack: None,
         }
+    }
+
+    /// Deletes stale UDP conntrack entries after each successful sync.
+    pub fn with_conntrack(mut self, cleaner: Cleaner) -> Self {
+        self.conntrack = Some(cleaner);
+        self
     }
 
     /// Subscribes to sync status updates.
@@ -77,8 +86,14 @@ impl Driver {
         };
         let started = Instant::now();
         let backend = self.backend.clone();
+        let cleaner = self.conntrack.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let result = lock(&backend).sync(&desired, &changes, kind);
+            // Only once the new rules are in place: flows deleted earlier
+            // could be re-created through the old ones.
+            if let (Ok(_), Some(cleaner)) = (&result, &cleaner) {
+                cleaner.delete(&stale_flows(&changes));
+            }
             (result, changes)
         })
         .await;

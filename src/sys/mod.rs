@@ -3,11 +3,14 @@
 //! backends can be tested without root.
 //!
 //! - [`process`]: run a tool (iptables-restore, nft, conntrack) with input.
+//! - [`sysctl`]: kernel parameters (`route_localnet`, conntrack liberal mode).
 //! - [`hostname`]: the host name, for the default node name.
 
 pub mod process;
+pub mod sysctl;
 
-pub use process::{CommandOutput, CommandRunner, FakeRunner, RealRunner, RunError};
+pub use process::{CommandOutput, CommandRunner, FakeCall, FakeRunner, NetnsRunner, RealRunner, RunError};
+pub use sysctl::{FakeSysctl, ProcSysctl, RunnerSysctl, Sysctl};
 
 /// The host's name, lower-cased, as kube-proxy uses it for the node name
 /// when `--hostname-override` is not set.
@@ -16,4 +19,64 @@ pub fn hostname() -> Option<String> {
         .ok()
         .map(|h| h.trim().to_lowercase())
         .filter(|h| !h.is_empty())
+}
+
+use std::sync::Arc;
+
+/// The kernel edge a backend is given: a command runner and sysctl access.
+#[derive(Clone)]
+pub struct Sys {
+    pub runner: Arc<dyn CommandRunner>,
+    pub sysctl: Arc<dyn Sysctl>,
+}
+
+// === impl Sys ===
+
+impl Sys {
+    /// The host itself (or the namespace this process runs in).
+    pub fn real() -> Self {
+        Self {
+            runner: Arc::new(RealRunner),
+            sysctl: Arc::new(ProcSysctl),
+        }
+    }
+
+    /// Everything through `ip netns exec NAME`.
+    pub fn in_netns(name: &str) -> Self {
+        let runner: Arc<dyn CommandRunner> = Arc::new(NetnsRunner::new(name));
+        Self {
+            sysctl: Arc::new(RunnerSysctl::new(runner.clone())),
+            runner,
+        }
+    }
+
+    /// Fakes, for unit tests.
+    pub fn fake(runner: FakeRunner) -> Self {
+        Self {
+            runner: Arc::new(runner),
+            sysctl: Arc::new(FakeSysctl::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Sys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sys")
+    }
+}
+
+/// The addresses of this host's (or namespace's) interfaces, from
+/// `ip -o addr show`; empty when `ip` cannot be run.
+pub fn interface_addresses(runner: &dyn CommandRunner) -> Vec<std::net::IpAddr> {
+    let Ok(out) = runner.run("ip", &["-o", "addr", "show"], None) else {
+        return Vec::new();
+    };
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
 }

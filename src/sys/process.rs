@@ -144,3 +144,27 @@ impl CommandRunner for FakeRunner {
         Ok(out)
     }
 }
+
+/// Runs real processes inside a named network namespace
+/// (`ip netns exec NAME program …`): how tests run a backend against a
+/// namespace they built, and how an operator can try kproxy in one.
+#[derive(Clone, Debug)]
+pub struct NetnsRunner {
+    netns: String,
+}
+
+// === impl NetnsRunner ===
+
+impl NetnsRunner {
+    pub fn new(netns: impl Into<String>) -> Self {
+        Self { netns: netns.into() }
+    }
+}
+
+impl CommandRunner for NetnsRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<CommandOutput, RunError> {
+        let mut full: Vec<&str> = vec!["netns", "exec", &self.netns, program];
+        full.extend_from_slice(args);
+        RealRunner.run("ip", &full, stdin)
+    }
+}
