@@ -8,7 +8,10 @@ use kproxy::config::{Cli, Command, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse(); // clap prints usage errors and exits 2 itself
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let flags = match &cli.command {
         Some(Command::Render(args)) => &args.flags,
         None => &cli.flags,
@@ -21,6 +24,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Render(args)) = &cli.command
+        && args.manifests.is_none()
+        && cfg.kubeconfig.is_none()
+        && cfg.master.is_none()
+    {
+        eprintln!("kproxy: render needs --manifests DIR, or --kubeconfig/--master to read a cluster");
+        return ExitCode::from(2);
+    }
     init_tracing(&cfg, cli.command.is_some());
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -46,6 +57,32 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A command-line usage error as one line naming the problem (clap's tips
+/// kept on it), exit code 2, like every other configuration error.
+/// `--help` and `--version` print as usual and exit 0.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let problem = first.strip_prefix("error: ").unwrap_or(first);
+    let mut line = format!("kproxy: {problem}");
+    for extra in lines {
+        if let Some(tip) = extra.strip_prefix("tip: ") {
+            line.push_str("; ");
+            line.push_str(tip);
+        } else if extra.starts_with("[possible values") {
+            line.push(' ');
+            line.push_str(extra);
+        }
+    }
+    eprintln!("{line} (see kproxy --help)");
+    ExitCode::from(2)
 }
 
 /// Logs go to stderr (render prints its result on stdout). `-v` maps to

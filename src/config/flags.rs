@@ -65,11 +65,13 @@ pub struct ProxyFlags {
     pub masquerade_all: Option<bool>,
 
     /// The maximum interval between full syncs of the proxy rules, e.g. 30s [default: 30s].
-    #[arg(long, value_name = "DURATION")]
+    // A leading '-' is a (negative) value, as kube-proxy's flag parser takes it.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub sync_period: Option<String>,
 
     /// The minimum interval between rule syncs, e.g. 1s [default: 1s].
-    #[arg(long, value_name = "DURATION")]
+    // A leading '-' is a (negative) value, as kube-proxy's flag parser takes it.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub min_sync_period: Option<String>,
 
     /// The address:port to serve /metrics on [default: 127.0.0.1:10249].

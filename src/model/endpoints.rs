@@ -57,7 +57,6 @@ pub enum SliceSkip {
 /// The service a slice belongs to, from its namespace and service-name label.
 pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceName> {
     let ns = slice.metadata.namespace.as_deref()?;
-    slice.metadata.name.as_deref()?;
     let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
     if svc.is_empty() {
         return None;

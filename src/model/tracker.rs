@@ -69,6 +69,8 @@ pub struct ChangeSet {
     /// Counts of services whose Service object / endpoints changed.
     pub service_changes: usize,
     pub endpoint_changes: usize,
+    /// Set when the node's information changed (generation, for `ack`).
+    node_generation: Option<u64>,
 }
 
 /// What is pending for one service.
@@ -91,6 +93,9 @@ pub struct Model {
     current: BTreeMap<ServicePortName, Arc<ServicePortState>>,
     programmed: BTreeMap<ServicePortName, Arc<ServicePortState>>,
     dirty: BTreeMap<ServiceName, Dirty>,
+    /// Generation of an unacknowledged change of the node's addresses or
+    /// state (rules such as NodePort `primary` depend on them).
+    node_dirty: Option<u64>,
     generation: u64,
     problems: Vec<Problem>,
 }
@@ -119,7 +124,12 @@ impl DesiredState {
 
 impl ChangeSet {
     pub fn is_empty(&self) -> bool {
-        self.ports.is_empty()
+        self.ports.is_empty() && self.node_generation.is_none()
+    }
+
+    /// Whether the node's own information (addresses, zone, state) changed.
+    pub fn node_changed(&self) -> bool {
+        self.node_generation.is_some()
     }
 
     /// Service ports that are new or changed (not removed).
@@ -152,6 +162,7 @@ impl Model {
             current: BTreeMap::new(),
             programmed: BTreeMap::new(),
             dirty: BTreeMap::new(),
+            node_dirty: None,
             generation: 0,
             problems: Vec::new(),
         }
@@ -293,7 +304,15 @@ impl Model {
         };
         // Our identity comes from configuration, never from the object.
         info.name = self.node.name.clone();
+        if info.addresses.is_empty() {
+            // Keep addresses given by flags when the object has none.
+            info.addresses = self.node.addresses.clone();
+        }
         let zone_changed = info.zone != self.node.zone;
+        if info != self.node {
+            self.generation += 1;
+            self.node_dirty = Some(self.generation);
+        }
         self.node = info;
         if zone_changed {
             let names: Vec<ServiceName> = self.services.keys().cloned().collect();
@@ -315,9 +334,10 @@ impl Model {
         std::mem::take(&mut self.problems)
     }
 
-    /// Number of services with changes not yet acknowledged.
+    /// Number of services (and the node, if it changed) with changes not
+    /// yet acknowledged.
     pub fn pending(&self) -> usize {
-        self.dirty.len()
+        self.dirty.len() + usize::from(self.node_dirty.is_some())
     }
 
     /// Number of service ports in the desired state.
@@ -340,7 +360,10 @@ impl Model {
 
     /// Everything pending since the last acknowledged sync.
     pub fn changes(&self) -> ChangeSet {
-        let mut set = ChangeSet::default();
+        let mut set = ChangeSet {
+            node_generation: self.node_dirty,
+            ..ChangeSet::default()
+        };
         for (svc, dirty) in &self.dirty {
             set.services.push((svc.clone(), dirty.generation));
             set.service_changes += usize::from(dirty.service);
@@ -361,6 +384,9 @@ impl Model {
     /// Marks a ChangeSet as programmed. Services changed again since the set
     /// was taken stay pending.
     pub fn ack(&mut self, set: &ChangeSet) {
+        if set.node_generation.is_some() && set.node_generation == self.node_dirty {
+            self.node_dirty = None;
+        }
         for (name, change) in &set.ports {
             match &change.current {
                 Some(state) => self.programmed.insert(name.clone(), state.clone()),

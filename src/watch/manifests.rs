@@ -21,13 +21,10 @@ pub struct Manifests {
 /// Why manifests could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// A file or directory could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file or directory could not be read. The I/O error is part of the
+    /// message, not a `source`, so `{:#}` does not print it twice.
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     /// A document is not valid YAML or not a valid object of its kind.
     #[error("{path}: document {index}: {message}")]
     Parse {
@@ -43,9 +40,9 @@ impl Manifests {
     /// Reads one file, or every `*.yaml`/`*.yml`/`*.json` file of a directory
     /// (sorted by name, not recursive).
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let read_err = |source| ManifestError::Read {
+        let read_err = |error| ManifestError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let files: Vec<PathBuf> = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
@@ -65,9 +62,9 @@ impl Manifests {
         };
         let mut out = Manifests::default();
         for file in files {
-            let text = std::fs::read_to_string(&file).map_err(|source| ManifestError::Read {
+            let text = std::fs::read_to_string(&file).map_err(|error| ManifestError::Read {
                 path: file.display().to_string(),
-                source,
+                error,
             })?;
             out.add_text(&text, &file.display().to_string())?;
         }

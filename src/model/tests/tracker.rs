@@ -376,8 +376,12 @@ fn node_zone_change_recomputes_only_services_using_hints() {
     assert_eq!(addrs(&state.v4.endpoints).len(), 2, "all endpoints still known");
     m.ack(&set);
 
-    // Same zone, new addresses: nothing to recompute.
+    // Same zone, new addresses: no service recomputed, only the node is pending.
     m.set_node(Some(&mk_node(NODE).zone("zone-a").internal_ip("192.168.0.9").build()));
+    let set = m.changes();
+    assert!(set.ports.is_empty());
+    assert!(set.node_changed());
+    m.ack(&set);
     assert_eq!(m.pending(), 0);
     assert_eq!(m.desired().node.addresses.len(), 1);
 
@@ -647,4 +651,24 @@ fn change_sets_share_state_with_the_desired_state() {
     let from_set = change(&set, &web_http()).current.clone().expect("current");
     let from_desired = d.ports.get(&web_http()).expect("port");
     assert!(std::sync::Arc::ptr_eq(&from_set, from_desired), "no deep copies");
+}
+
+#[test]
+fn node_address_change_is_pending_until_acked() {
+    use crate::model::builders::mk_node;
+    let mut m = Model::new("node-a", SelectionOptions::default());
+    m.set_node(Some(&mk_node("node-a").internal_ip("192.168.0.1").build()));
+    assert_eq!(
+        m.pending(),
+        1,
+        "a new node is a change backends may need (NodePort primary)"
+    );
+    let set = m.changes();
+    assert!(set.node_changed());
+    m.ack(&set);
+    assert_eq!(m.pending(), 0);
+    m.set_node(Some(&mk_node("node-a").internal_ip("192.168.0.1").build()));
+    assert_eq!(m.pending(), 0, "same node again is a no-op");
+    m.set_node(Some(&mk_node("node-a").internal_ip("192.168.0.2").build()));
+    assert_eq!(m.pending(), 1);
 }
