@@ -1,0 +1,1707 @@
+//! Mode-independent packet-flow harness for kproxy's datapath tests.
+//!
+//! Include next to the topology module:
+//!
+//! ```text
+//! #[path = "support/netns.rs"] mod netns;
+//! #[path = "support/datapath.rs"] mod datapath;
+//! ```
+//!
+//! A [`Dp`] is one node topology ([`crate::netns::Topology`]: node, pods,
+//! outside client) plus the model and a backend programming the node
+//! namespace, built for a [`Mode`]. A test applies Services and
+//! EndpointSlices (built with `kproxy::model::builders`), syncs the way the
+//! daemon does (`desired()`, `changes()`, `Backend::sync`, `ack`), and then
+//! checks a table of [`Flow`]s: from which namespace, to which address,
+//! expecting which pods (all of them, or one sticky pod), `Refused` or
+//! `Timeout`, and what source address the pod sees.
+//!
+//! The scenarios live in [`cases`], one function per behaviour, taking the
+//! [`Mode`]; `tests/datapath_iptables.rs` runs each of them as a test, and a
+//! further backend only adds a [`Mode`] variant (with its arms in the few
+//! mode-specific checks: rule dumps, partial-sync input, apply calls) and a
+//! test file calling the same cases.
+//!
+//! Conventions: pods serve TCP on 8080 and UDP on 5353 (replying with their
+//! label and the peer address they saw); services expose TCP 80 ("http") and
+//! UDP 53 ("dns") on VIPs from 198.19.0.0/16 (fd00:96::/64). The node is
+//! `node-a`; endpoints on `node-a` are local, those on `node-b` remote (they
+//! sit on the same bridge, so the node can still forward to them). Every
+//! packet stays inside the test's namespaces; every loop is bounded.
+
+#![allow(dead_code)]
+// Test harness: runs tools and sockets directly.
+#![allow(clippy::disallowed_types)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kproxy::backend::iptables::names::PortChains;
+use kproxy::backend::iptables::{IptablesBackend, Settings};
+use kproxy::backend::{Backend, SyncKind};
+use kproxy::config::NodePortAddresses;
+use kproxy::model::builders::{EpSpec, ServiceBuilder, mk_node, mk_service, mk_slice};
+use kproxy::model::{ChangeSet, IpFamily, Model, Protocol, SelectionOptions, ServiceName, ServicePortName};
+use kproxy::sys::{CommandOutput, CommandRunner, NetnsRunner, RunError, RunnerSysctl, Sys};
+
+use crate::netns::{self, ConnError, Netns, Proto, Reply, Topology, vip4, vip6};
+
+// ---------------------------------------------------------------------------
+// Conventions
+// ---------------------------------------------------------------------------
+
+/// Our node's name.
+pub const NODE: &str = "node-a";
+/// Another node's name (its endpoints are remote for us).
+pub const OTHER_NODE: &str = "node-b";
+/// Namespace of every Service and EndpointSlice.
+pub const NS: &str = "default";
+/// Service ports and the pods' target ports.
+pub const TCP_PORT: u16 = 80;
+pub const TCP_TARGET: u16 = 8080;
+pub const UDP_PORT: u16 = 53;
+pub const UDP_TARGET: u16 = 5353;
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+/// Per-request timeout for flows expected to get an answer.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a flow expected to be dropped waits (per try).
+pub const DROP_TIMEOUT: Duration = Duration::from_millis(1200);
+
+/// The node's pod-bridge address (what masqueraded traffic shows up as).
+pub fn node_ip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1))
+}
+
+/// The node's external address (eth1, towards the client).
+pub fn node_ext_ip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 2, 1))
+}
+
+pub fn node_ip6() -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1))
+}
+
+pub fn client_ip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 2, 2))
+}
+
+/// Pod `i`'s IPv4 address (198.18.1.(10+i)).
+pub fn pod4(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(198, 18, 1, (10 + i) as u8))
+}
+
+/// Pod `i`'s IPv6 address (fd00:1::(10+i)).
+pub fn pod6(i: usize) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, (10 + i) as u16))
+}
+
+/// IPv4 VIP number `n` (198.19.x.y).
+pub fn v4(n: u16) -> IpAddr {
+    IpAddr::V4(vip4(n))
+}
+
+/// IPv6 VIP number `n` (fd00:96::n).
+pub fn v6(n: u16) -> IpAddr {
+    IpAddr::V6(vip6(n))
+}
+
+/// `ip:80` (the services' TCP port).
+pub fn tcp(ip: IpAddr) -> SocketAddr {
+    SocketAddr::new(ip, TCP_PORT)
+}
+
+/// `ip:53` (the services' UDP port).
+pub fn udp(ip: IpAddr) -> SocketAddr {
+    SocketAddr::new(ip, UDP_PORT)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+// ---------------------------------------------------------------------------
+// API objects
+// ---------------------------------------------------------------------------
+
+/// A ClusterIP service `name` on `vip`: TCP 80→8080 ("http"), UDP 53→5353 ("dns").
+pub fn service(name: &str, vip: IpAddr) -> ServiceBuilder {
+    mk_service(NS, name)
+        .cluster_ip(&vip.to_string())
+        .port("http", i32::from(TCP_PORT), "TCP")
+        .target_port(i32::from(TCP_TARGET))
+        .port("dns", i32::from(UDP_PORT), "UDP")
+        .target_port(i32::from(UDP_TARGET))
+}
+
+/// A dual-stack ClusterIP service (IPv4 VIP first).
+pub fn service_dual(name: &str, vip4: IpAddr, vip6: IpAddr) -> ServiceBuilder {
+    mk_service(NS, name)
+        .cluster_ips(&[&vip4.to_string(), &vip6.to_string()])
+        .port("http", i32::from(TCP_PORT), "TCP")
+        .target_port(i32::from(TCP_TARGET))
+        .port("dns", i32::from(UDP_PORT), "UDP")
+        .target_port(i32::from(UDP_TARGET))
+}
+
+/// A `type` (NodePort or LoadBalancer) service with node ports for both
+/// ports.
+pub fn service_with_node_ports(name: &str, type_: &str, vip: IpAddr, np_tcp: u16, np_udp: u16) -> ServiceBuilder {
+    mk_service(NS, name)
+        .type_(type_)
+        .cluster_ip(&vip.to_string())
+        .node_port("http", i32::from(TCP_PORT), "TCP", i32::from(np_tcp))
+        .target_port(i32::from(TCP_TARGET))
+        .node_port("dns", i32::from(UDP_PORT), "UDP", i32::from(np_udp))
+        .target_port(i32::from(UDP_TARGET))
+}
+
+/// A ready endpoint on our node: pod `i`.
+pub fn local(i: usize) -> EpSpec {
+    EpSpec::new(&pod4(i).to_string()).node(NODE)
+}
+
+/// A ready endpoint on another node (pod `i`, reachable over the bridge).
+pub fn remote(i: usize) -> EpSpec {
+    EpSpec::new(&pod4(i).to_string()).node(OTHER_NODE)
+}
+
+/// The IPv6 address of pod `i` as a ready local endpoint.
+pub fn local6(i: usize) -> EpSpec {
+    EpSpec::new(&pod6(i).to_string()).node(NODE)
+}
+
+/// An IPv4 EndpointSlice `<svc>-v4` of service `svc` with `eps`.
+pub fn slice(svc: &str, eps: &[EpSpec]) -> EndpointSlice {
+    eps.iter()
+        .cloned()
+        .fold(
+            mk_slice(NS, &format!("{svc}-v4"), svc)
+                .port("http", i32::from(TCP_TARGET), "TCP")
+                .port("dns", i32::from(UDP_TARGET), "UDP"),
+            |b, ep| b.endpoint_with(ep),
+        )
+        .build()
+}
+
+/// An IPv6 EndpointSlice `<svc>-v6` of service `svc` with `eps`.
+pub fn slice6(svc: &str, eps: &[EpSpec]) -> EndpointSlice {
+    eps.iter()
+        .cloned()
+        .fold(
+            mk_slice(NS, &format!("{svc}-v6"), svc)
+                .ipv6()
+                .port("http", i32::from(TCP_TARGET), "TCP")
+                .port("dns", i32::from(UDP_TARGET), "UDP"),
+            |b, ep| b.endpoint_with(ep),
+        )
+        .build()
+}
+
+/// The service port names of one of our services (`http`/TCP, `dns`/UDP).
+pub fn port_names(svc: &str) -> [ServicePortName; 2] {
+    let name = ServiceName::new(NS, svc);
+    [
+        ServicePortName::new(name.clone(), "http", Protocol::Tcp),
+        ServicePortName::new(name, "dns", Protocol::Udp),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// Recording runner
+// ---------------------------------------------------------------------------
+
+/// One command the backend ran in the node namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+/// `NetnsRunner` that remembers what it ran.
+struct RecordingRunner {
+    inner: NetnsRunner,
+    calls: Arc<Mutex<Vec<Call>>>,
+}
+
+impl CommandRunner for RecordingRunner {
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<CommandOutput, RunError> {
+        lock(&self.calls).push(Call {
+            program: program.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        });
+        self.inner.run(program, args, stdin)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Modes
+// ---------------------------------------------------------------------------
+
+/// The proxy mode under test. Every mode-specific detail of the harness is a
+/// `match` on this enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Iptables,
+}
+
+/// A backend of some mode, with access to its mode-specific introspection.
+pub enum ModeBackend {
+    Iptables(IptablesBackend),
+}
+
+impl ModeBackend {
+    pub fn backend(&mut self) -> &mut dyn Backend {
+        match self {
+            ModeBackend::Iptables(b) => b,
+        }
+    }
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+        }
+    }
+
+    /// Tools the tests need (checked by `require_root_tools`).
+    pub fn tools(self) -> &'static [&'static str] {
+        match self {
+            Mode::Iptables => &[
+                "iptables",
+                "iptables-save",
+                "iptables-restore",
+                "ip6tables",
+                "ip6tables-save",
+                "ip6tables-restore",
+                "conntrack",
+                "sysctl",
+            ],
+        }
+    }
+
+    fn new_backend(self, sys: Sys, cfg: &DpConfig) -> ModeBackend {
+        match self {
+            Mode::Iptables => {
+                let settings = Settings {
+                    masquerade_mark: MASQUERADE_MARK,
+                    masquerade_all: cfg.masquerade_all,
+                    cluster_cidrs: cluster_cidrs(),
+                    nodeport_addresses: cfg.nodeport_addresses.clone(),
+                    localhost_nodeports: cfg.localhost_nodeports,
+                    conntrack_liberal: false,
+                };
+                // No variant: detected in the namespace, as the daemon does.
+                ModeBackend::Iptables(IptablesBackend::new(sys, settings, None))
+            }
+        }
+    }
+
+    /// Commands (run in the node namespace) whose output is the mode's
+    /// whole ruleset.
+    fn dump_commands(self) -> &'static [&'static [&'static str]] {
+        match self {
+            Mode::Iptables => &[&["iptables-save"], &["ip6tables-save"]],
+        }
+    }
+
+    /// The ruleset of the node namespace (for checks and failure reports).
+    pub fn dump(self, node: &Netns) -> String {
+        dump_in(self, node.name())
+    }
+
+    /// Whether `dump` shows `vip:port` (TCP) sent to endpoint rules.
+    pub fn vip_programmed(self, dump: &str, vip: IpAddr, port: u16) -> bool {
+        match self {
+            Mode::Iptables => {
+                let dst = format!("-d {vip}/{} ", if vip.is_ipv4() { 32 } else { 128 });
+                let dport = format!("--dport {port} ");
+                let target = dump
+                    .lines()
+                    .filter(|l| l.starts_with("-A KUBE-SERVICES ") && l.contains(&dst) && l.contains(&dport))
+                    .find_map(|l| l.split(" -j ").nth(1))
+                    .map(|t| t.split_whitespace().next().unwrap_or("").to_string());
+                let Some(chain) = target.filter(|t| t.starts_with("KUBE-SVC-") || t.starts_with("KUBE-SVL-")) else {
+                    return false;
+                };
+                let prefix = format!("-A {chain} ");
+                dump.lines()
+                    .any(|l| l.starts_with(&prefix) && l.contains("-j KUBE-SEP-"))
+                    && dump
+                        .lines()
+                        .any(|l| l.starts_with("-A KUBE-SEP-") && l.contains("-j DNAT"))
+            }
+        }
+    }
+
+    /// The health-check node port `port` is accepted by the filter rules.
+    pub fn check_health_check_port(self, node: &Netns, port: u16) -> Result<(), String> {
+        match self {
+            Mode::Iptables => {
+                let out = node.exec_ok(&["iptables", "-w", "5", "-t", "filter", "-S", "KUBE-NODEPORTS"]);
+                let dport = format!("--dport {port} ");
+                if out
+                    .lines()
+                    .any(|l| l.starts_with("-A KUBE-NODEPORTS ") && l.contains(&dport) && l.ends_with("-j ACCEPT"))
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no ACCEPT for health check port {port} in filter KUBE-NODEPORTS:\n{out}"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The last (partial) sync's kernel input for IPv4 touched `changed`'s
+    /// rules and nothing shared or of `unchanged` services.
+    pub fn check_partial_input(self, backend: &ModeBackend, changed: &str, unchanged: &[&str]) -> Result<(), String> {
+        match (self, backend) {
+            (Mode::Iptables, ModeBackend::Iptables(b)) => {
+                let input = b
+                    .last_input(IpFamily::V4)
+                    .ok_or("no iptables-restore input recorded for IPv4")?;
+                let mut errors = Vec::new();
+                if let Some(l) = input.lines().find(|l| l.contains("KUBE-SERVICES")) {
+                    errors.push(format!("touches KUBE-SERVICES: {l:?}"));
+                }
+                for name in &port_names(changed) {
+                    let svc = PortChains::new(name).svc;
+                    if !input.contains(&svc) {
+                        errors.push(format!("does not rewrite {svc} of {name}"));
+                    }
+                }
+                for other in unchanged {
+                    for name in &port_names(other) {
+                        let chains = PortChains::new(name);
+                        for c in [&chains.svc, &chains.svl, &chains.ext, &chains.fw] {
+                            if input.contains(c.as_str()) {
+                                errors.push(format!("touches {c} of unchanged {name}"));
+                            }
+                        }
+                    }
+                }
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{}\n--- input ---\n{input}", errors.join("\n")))
+                }
+            }
+        }
+    }
+
+    /// `dump` holds nothing of service `svc` and no orphaned per-service
+    /// chain (declared but never jumped to).
+    pub fn check_no_leftovers(self, dump: &str, svc: &str) -> Result<(), String> {
+        match self {
+            Mode::Iptables => {
+                let mut errors = Vec::new();
+                let comment = format!("{NS}/{svc}:");
+                if let Some(l) = dump.lines().find(|l| l.contains(&comment)) {
+                    errors.push(format!("rule of deleted {NS}/{svc} left: {l}"));
+                }
+                for name in &port_names(svc) {
+                    let chains = PortChains::new(name);
+                    for c in [&chains.svc, &chains.svl, &chains.ext, &chains.fw] {
+                        if dump.contains(c.as_str()) {
+                            errors.push(format!("chain {c} of deleted {name} left"));
+                        }
+                    }
+                }
+                for l in dump.lines() {
+                    let Some(chain) = l.strip_prefix(':').and_then(|c| c.split_whitespace().next()) else {
+                        continue;
+                    };
+                    let per_service = ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
+                    if per_service.iter().any(|p| chain.starts_with(p)) && !dump.contains(&format!("-j {chain}")) {
+                        errors.push(format!("orphaned chain {chain}"));
+                    }
+                }
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("\n"))
+                }
+            }
+        }
+    }
+
+    /// No rule appears twice in a chain of `dump` (e.g. jumps from the
+    /// built-in chains inserted again by a restarted proxy).
+    pub fn check_no_duplicate_rules(self, dump: &str) -> Result<(), String> {
+        match self {
+            Mode::Iptables => {
+                let mut seen = std::collections::BTreeSet::new();
+                // Table sections, counted: the IPv6 dump follows the IPv4 one.
+                let mut section = 0;
+                let mut dups = Vec::new();
+                for l in dump.lines() {
+                    if l.starts_with('*') {
+                        section += 1;
+                    } else if l.starts_with("-A ") && !seen.insert((section, l)) {
+                        dups.push(l.to_string());
+                    }
+                }
+                if dups.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("duplicated rules:\n{}", dups.join("\n")))
+                }
+            }
+        }
+    }
+
+    /// Every kernel write in `calls` keeps rules it does not mention (no
+    /// flush of the whole table/ruleset).
+    pub fn check_apply_calls(self, calls: &[Call]) -> Result<(), String> {
+        match self {
+            Mode::Iptables => {
+                let restores: Vec<&Call> = calls.iter().filter(|c| c.program.ends_with("-restore")).collect();
+                if restores.is_empty() {
+                    return Err("no iptables-restore call recorded".into());
+                }
+                match restores.iter().find(|c| !c.args.iter().any(|a| a == "--noflush")) {
+                    Some(c) => Err(format!("restore without --noflush: {c:?}")),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn cluster_cidrs() -> Vec<ipnet::IpNet> {
+    ["198.18.1.0/24", "fd00:1::/64"]
+        .iter()
+        .map(|c| c.parse().unwrap_or_else(|e| panic!("cidr {c}: {e}")))
+        .collect()
+}
+
+fn ip_tool() -> std::path::PathBuf {
+    netns::find_tool("ip").unwrap_or_else(|| "ip".into())
+}
+
+/// The ruleset dump of `mode` in namespace `ns_name` (usable from threads
+/// that hold no `Netns`).
+fn dump_in(mode: Mode, ns_name: &str) -> String {
+    let mut out = String::new();
+    for cmd in mode.dump_commands() {
+        let mut c = Command::new(ip_tool());
+        c.args(["netns", "exec", ns_name]).args(*cmd);
+        match netns::run_with_timeout(&mut c, None, Duration::from_secs(10)) {
+            Ok(o) => out.push_str(&String::from_utf8_lossy(&o.stdout)),
+            Err(e) => out.push_str(&format!("# {cmd:?}: {e}\n")),
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The harness
+// ---------------------------------------------------------------------------
+
+/// Options of one datapath topology + backend.
+#[derive(Clone, Debug)]
+pub struct DpConfig {
+    pub pods: usize,
+    pub ipv6: bool,
+    pub nodeport_addresses: NodePortAddresses,
+    pub masquerade_all: bool,
+    pub localhost_nodeports: bool,
+}
+
+impl Default for DpConfig {
+    fn default() -> Self {
+        Self {
+            pods: 3,
+            ipv6: false,
+            nodeport_addresses: NodePortAddresses::All,
+            masquerade_all: false,
+            localhost_nodeports: true,
+        }
+    }
+}
+
+/// One node topology with a backend of `mode` programming its node
+/// namespace. Pods run the reply servers on 8080/TCP and 5353/UDP.
+pub struct Dp {
+    pub mode: Mode,
+    pub cfg: DpConfig,
+    pub model: Model,
+    backend: Option<ModeBackend>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    // Last: namespaces go away after everything else.
+    pub topo: Topology,
+}
+
+/// Where a flow starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Who {
+    Node,
+    Client,
+    Pod(usize),
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Who::Node => write!(f, "node"),
+            Who::Client => write!(f, "client"),
+            Who::Pod(i) => write!(f, "pod{i}"),
+        }
+    }
+}
+
+/// What a flow must observe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Every try answered, only by these pods, each of them at least once.
+    Reaches(Vec<usize>),
+    /// Every try answered by one and the same pod, one of these.
+    Sticky(Vec<usize>),
+    /// Every try refused (TCP RST / ICMP unreachable: REJECT).
+    Refused,
+    /// Every try unanswered (DROP).
+    Timeout,
+}
+
+/// The source address the answering pod must have seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Src {
+    Any,
+    /// The client's own address and port (no SNAT); for a pod answered by
+    /// itself, the node's address (hairpin masquerade).
+    Own,
+    /// This address (SNAT/masquerade to it).
+    Ip(IpAddr),
+}
+
+/// One row of a flow table.
+#[derive(Clone, Debug)]
+pub struct Flow {
+    pub from: Who,
+    pub proto: Proto,
+    pub to: SocketAddr,
+    pub expect: Expect,
+    pub src: Src,
+    pub tries: Option<usize>,
+}
+
+impl Flow {
+    pub fn tcp(from: Who, to: SocketAddr) -> Self {
+        Self {
+            from,
+            proto: Proto::Tcp,
+            to,
+            expect: Expect::Timeout,
+            src: Src::Any,
+            tries: None,
+        }
+    }
+
+    pub fn udp(from: Who, to: SocketAddr) -> Self {
+        Self {
+            proto: Proto::Udp,
+            ..Self::tcp(from, to)
+        }
+    }
+
+    pub fn reaches(mut self, pods: &[usize]) -> Self {
+        self.expect = Expect::Reaches(pods.to_vec());
+        self
+    }
+
+    pub fn sticky(mut self, pods: &[usize]) -> Self {
+        self.expect = Expect::Sticky(pods.to_vec());
+        self
+    }
+
+    pub fn refused(mut self) -> Self {
+        self.expect = Expect::Refused;
+        self
+    }
+
+    pub fn dropped(mut self) -> Self {
+        self.expect = Expect::Timeout;
+        self
+    }
+
+    /// The pod must see the client's own address (no SNAT).
+    pub fn src_own(mut self) -> Self {
+        self.src = Src::Own;
+        self
+    }
+
+    /// The pod must see `ip` as the source (masquerade).
+    pub fn src_ip(mut self, ip: IpAddr) -> Self {
+        self.src = Src::Ip(ip);
+        self
+    }
+
+    pub fn tries(mut self, n: usize) -> Self {
+        self.tries = Some(n);
+        self
+    }
+
+    fn tries_or_default(&self) -> usize {
+        self.tries.unwrap_or(match &self.expect {
+            // P(some pod never picked) for k pods, 12k tries: k·(1-1/k)^(12k) < 1e-5.
+            Expect::Reaches(p) if p.len() > 1 => 12 * p.len(),
+            Expect::Reaches(_) => 4,
+            Expect::Sticky(_) => 20,
+            Expect::Refused => 3,
+            Expect::Timeout => 1,
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        match self.expect {
+            Expect::Timeout => DROP_TIMEOUT,
+            _ => REPLY_TIMEOUT,
+        }
+    }
+}
+
+impl fmt::Display for Flow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        write!(f, "{proto} {} -> {}: expect {:?}", self.from, self.to, self.expect)?;
+        if self.src != Src::Any {
+            write!(f, ", src {:?}", self.src)?;
+        }
+        Ok(())
+    }
+}
+
+fn pod_index(label: &str) -> Option<usize> {
+    label.strip_prefix("pod")?.parse().ok()
+}
+
+fn src_ok(flow: &Flow, r: &Reply) -> bool {
+    match flow.src {
+        Src::Any => true,
+        // A pod that lands on itself is hairpinned: masqueraded to the
+        // node's address of that family.
+        Src::Own if flow.from == Who::Pod(pod_index(&r.pod).unwrap_or(usize::MAX)) => {
+            r.seen_src.ip() == if r.local.is_ipv4() { node_ip() } else { node_ip6() }
+        }
+        Src::Own => r.src_preserved(),
+        Src::Ip(ip) => r.seen_src.ip() == ip,
+    }
+}
+
+/// Judge `results` against `flow`'s expectation.
+fn judge(flow: &Flow, results: &[Result<Reply, ConnError>]) -> Result<(), String> {
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    for r in results {
+        *tally.entry(netns::tally_key(r)).or_insert(0) += 1;
+    }
+    let fail = |why: String| Err(format!("{why}; got {tally:?}"));
+    let replies: Vec<&Reply> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    match &flow.expect {
+        Expect::Refused | Expect::Timeout => {
+            let want = if flow.expect == Expect::Refused {
+                ConnError::Refused
+            } else {
+                ConnError::Timeout
+            };
+            if results.iter().all(|r| r.as_ref().err() == Some(&want)) {
+                Ok(())
+            } else {
+                let other: Vec<String> = results
+                    .iter()
+                    .filter(|r| r.as_ref().err() != Some(&want))
+                    .map(|r| format!("{r:?}"))
+                    .collect();
+                fail(format!("expected {want} every time, also saw {}", other.join(", ")))
+            }
+        }
+        Expect::Reaches(pods) | Expect::Sticky(pods) => {
+            if replies.len() != results.len() {
+                return fail("not every try was answered".into());
+            }
+            if let Some(r) = replies
+                .iter()
+                .find(|r| !pod_index(&r.pod).is_some_and(|i| pods.contains(&i)))
+            {
+                return fail(format!("answered by {} (not among pods {pods:?})", r.pod));
+            }
+            if let Some(r) = replies.iter().find(|r| !src_ok(flow, r)) {
+                return fail(format!(
+                    "{} saw source {} (own address {}), expected {:?}",
+                    r.pod, r.seen_src, r.local, flow.src
+                ));
+            }
+            match &flow.expect {
+                Expect::Sticky(_) if tally.len() != 1 => fail("answers came from more than one pod".into()),
+                Expect::Reaches(_) => match pods.iter().find(|i| !tally.contains_key(&format!("pod{i}"))) {
+                    Some(i) => fail(format!("pod{i} never answered")),
+                    None => Ok(()),
+                },
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+impl Dp {
+    /// A topology of `cfg.pods` pods (reply servers started) and a fresh
+    /// backend of `mode` on its node; the model knows our Node object (its
+    /// InternalIPs are the node's addresses). None (after printing SKIP)
+    /// when the environment cannot run datapath tests; panics instead under
+    /// `CI=true`.
+    pub fn new(mode: Mode, cfg: DpConfig) -> Option<Self> {
+        if !netns::require_root_tools(mode.tools()) {
+            return None;
+        }
+        let topo = Topology::builder().pods(cfg.pods).ipv6(cfg.ipv6).build();
+        for i in 0..cfg.pods {
+            assert_eq!(IpAddr::V4(topo.pod_ip(i)), pod4(i), "address plan of pod{i}");
+        }
+        topo.start_servers(TCP_TARGET, UDP_TARGET);
+        let mut model = Model::new(NODE, SelectionOptions::default());
+        let mut node = mk_node(NODE)
+            .internal_ip(&node_ip().to_string())
+            .internal_ip(&node_ext_ip().to_string());
+        if cfg.ipv6 {
+            node = node.internal_ip("fd00:1::1").internal_ip("fd00:2::1");
+        }
+        model.set_node(Some(&node.build()));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut dp = Self {
+            mode,
+            cfg,
+            model,
+            backend: None,
+            calls,
+            topo,
+        };
+        dp.backend = Some(mode.new_backend(dp.sys(), &dp.cfg));
+        Some(dp)
+    }
+
+    /// [`Dp::new`] with the default config (3 pods, IPv4).
+    pub fn start(mode: Mode) -> Option<Self> {
+        Self::new(mode, DpConfig::default())
+    }
+
+    /// The kernel edge of the node namespace (commands are recorded).
+    pub fn sys(&self) -> Sys {
+        let runner: Arc<dyn CommandRunner> = Arc::new(RecordingRunner {
+            inner: NetnsRunner::new(self.topo.node().name()),
+            calls: self.calls.clone(),
+        });
+        Sys {
+            sysctl: Arc::new(RunnerSysctl::new(runner.clone())),
+            runner,
+        }
+    }
+
+    pub fn backend(&self) -> &ModeBackend {
+        match &self.backend {
+            Some(b) => b,
+            None => panic!("no backend"),
+        }
+    }
+
+    /// Commands run in the node namespace so far.
+    pub fn calls(&self) -> Vec<Call> {
+        lock(&self.calls).clone()
+    }
+
+    pub fn clear_calls(&self) {
+        lock(&self.calls).clear();
+    }
+
+    pub fn ns(&self, who: Who) -> &Netns {
+        match who {
+            Who::Node => self.topo.node(),
+            Who::Client => self.topo.client(),
+            Who::Pod(i) => self.topo.pod(i),
+        }
+    }
+
+    pub fn apply_service(&mut self, svc: &Service) {
+        self.model.apply_service(svc);
+    }
+
+    pub fn apply_slice(&mut self, slice: &EndpointSlice) {
+        self.model.apply_slice(slice);
+    }
+
+    /// Apply services and slices (no sync).
+    pub fn apply(&mut self, services: &[Service], slices: &[EndpointSlice]) {
+        for s in services {
+            self.model.apply_service(s);
+        }
+        for s in slices {
+            self.model.apply_slice(s);
+        }
+    }
+
+    /// Sync the model's desired state the way the daemon does, panicking
+    /// (with the error and the node's rules) on failure. Returns the
+    /// acknowledged change set.
+    pub fn sync(&mut self, kind: SyncKind) -> ChangeSet {
+        let problems = self.model.take_problems();
+        assert!(problems.is_empty(), "model problems: {problems:?}");
+        let desired = self.model.desired();
+        let changes = self.model.changes();
+        let mode = self.mode;
+        let backend = match self.backend.as_mut() {
+            Some(b) => b,
+            None => panic!("no backend"),
+        };
+        if let Err(e) = backend.backend().sync(&desired, &changes, kind) {
+            panic!(
+                "{} {kind:?} sync failed: {e}\n{e:?}\n--- rules in node ---\n{}",
+                mode.name(),
+                mode.dump(self.topo.node())
+            );
+        }
+        self.model.ack(&changes);
+        changes
+    }
+
+    /// Apply and Full-sync.
+    pub fn program(&mut self, services: &[Service], slices: &[EndpointSlice]) -> ChangeSet {
+        self.apply(services, slices);
+        self.sync(SyncKind::Full)
+    }
+
+    /// Delete the stale UDP conntrack entries `changes` leave behind, as the
+    /// daemon does after a successful sync.
+    pub fn clean_conntrack(&self, changes: &ChangeSet) -> kproxy::conntrack::CleanStats {
+        let flows = kproxy::conntrack::stale_flows(changes);
+        kproxy::conntrack::Cleaner::new(self.sys()).delete(&flows)
+    }
+
+    /// Replace the backend with a new one on the same namespace (a restart:
+    /// the kernel keeps its rules, the new backend knows nothing). The model
+    /// forgets what was programmed, so the next change set covers
+    /// everything, as for a freshly started daemon.
+    pub fn restart_backend(&mut self) {
+        self.backend = None;
+        self.backend = Some(self.mode.new_backend(self.sys(), &self.cfg));
+        self.model.forget_programmed();
+    }
+
+    /// The node's current rules.
+    pub fn dump(&self) -> String {
+        self.mode.dump(self.topo.node())
+    }
+
+    /// Run one flow; Err describes the mismatch.
+    pub fn run_flow(&self, flow: &Flow) -> Result<(), String> {
+        let ns = self.ns(flow.from);
+        let results: Vec<Result<Reply, ConnError>> = (0..flow.tries_or_default())
+            .map(|_| ns.request(flow.proto, flow.to, flow.timeout()))
+            .collect();
+        judge(flow, &results)
+    }
+
+    /// Run every flow of the table; panic listing every mismatch (and the
+    /// node's rules) if any.
+    pub fn check(&self, flows: &[Flow]) {
+        let failures: Vec<String> = flows
+            .iter()
+            .filter_map(|f| self.run_flow(f).err().map(|e| format!("{f}\n      {e}")))
+            .collect();
+        if !failures.is_empty() {
+            panic!(
+                "{} of {} flows failed ({} mode):\n  - {}\n--- rules in node ---\n{}",
+                failures.len(),
+                flows.len(),
+                self.mode.name(),
+                failures.join("\n  - "),
+                self.dump()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Long-lived TCP connections
+// ---------------------------------------------------------------------------
+
+/// A line-echo TCP server in a namespace: every line gets `"<label> <line>"`
+/// back, connections stay open. Runs in threads; stopped on Drop (bounded:
+/// it also stops by itself after `MAX_LIFE`).
+pub struct EchoServer {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+const ECHO_MAX_LIFE: Duration = Duration::from_secs(120);
+const ECHO_MAX_CONNS: usize = 16;
+
+impl EchoServer {
+    /// Listen on `[::]:port` (or `0.0.0.0:port`) inside `ns`.
+    pub fn start(ns: &Netns, port: u16) -> io::Result<Self> {
+        let listener = ns
+            .tcp_listener(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
+            .or_else(|_| ns.tcp_listener(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)))?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let label = ns.label().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = thread::Builder::new()
+            .name(format!("echo-{label}-{port}"))
+            .spawn(move || {
+                let deadline = Instant::now() + ECHO_MAX_LIFE;
+                let mut conns: Vec<JoinHandle<()>> = Vec::new();
+                while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match listener.accept() {
+                        Ok((s, _)) if conns.len() < ECHO_MAX_CONNS => {
+                            let (label, stop) = (label.clone(), stop2.clone());
+                            conns.push(thread::spawn(move || echo_conn(s, &label, &stop, deadline)));
+                        }
+                        Ok(_) => {}
+                        Err(_) => thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+                stop2.store(true, Ordering::SeqCst);
+                for c in conns {
+                    let _ = c.join();
+                }
+            })?;
+        Ok(Self {
+            port,
+            stop,
+            handle: Some(handle),
+        })
+    }
+}
+
+fn echo_conn(s: TcpStream, label: &str, stop: &AtomicBool, deadline: Instant) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+    let Ok(mut w) = s.try_clone() else { return };
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match r.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if w.write_all(format!("{label} {}\n", line.trim_end()).as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+                line.clear();
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A persistent TCP connection (created inside a namespace) exchanging lines.
+pub struct EchoClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    pub local: SocketAddr,
+}
+
+impl EchoClient {
+    pub fn connect(ns: &Netns, to: SocketAddr, timeout: Duration) -> io::Result<Self> {
+        let s = ns.run_in(move || TcpStream::connect_timeout(&to, timeout))?;
+        let local = s.local_addr()?;
+        let writer = s.try_clone()?;
+        Ok(Self {
+            reader: BufReader::new(s),
+            writer,
+            local,
+        })
+    }
+
+    /// Send `line`, return the answer line (bounded by `timeout`).
+    pub fn exchange(&mut self, line: &str, timeout: Duration) -> io::Result<String> {
+        self.writer.set_write_timeout(Some(timeout))?;
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        self.reader.get_ref().set_read_timeout(Some(timeout))?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        Ok(answer.trim_end().to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rule watcher
+// ---------------------------------------------------------------------------
+
+/// Polls the node's ruleset in a thread (bounded in count and time) and
+/// records every snapshot where `vip:port` was not programmed.
+pub struct RuleWatcher {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl RuleWatcher {
+    /// Start polling; returns once the first snapshot was taken, so the
+    /// watch covers everything the caller does afterwards.
+    pub fn start(mode: Mode, node: &Netns, vip: IpAddr, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let name = node.name().to_string();
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let handle = thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut polls = 0;
+            let mut missing = Vec::new();
+            while !stop2.load(Ordering::SeqCst) && Instant::now() < deadline && polls < 2000 {
+                let dump = dump_in(mode, &name);
+                polls += 1;
+                if !mode.vip_programmed(&dump, vip, port) {
+                    missing.push(dump);
+                }
+                if polls == 1 {
+                    let _ = first_tx.send(());
+                }
+            }
+            (polls, missing)
+        });
+        let _ = first_rx.recv_timeout(Duration::from_secs(20));
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop; returns (snapshots taken, snapshots without the VIP).
+    pub fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            _ => panic!("rule watcher thread failed"),
+        }
+    }
+}
+
+impl Drop for RuleWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The cases
+// ---------------------------------------------------------------------------
+
+/// Every behaviour, as a function of the mode. Each builds its own topology.
+pub mod cases {
+    use super::*;
+
+    /// ClusterIP, TCP and UDP, from a pod and from the node, reaches every
+    /// endpoint; pod traffic keeps its source, node traffic comes from the
+    /// node's address.
+    pub fn cluster_ip_reaches_every_endpoint(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let vip = v4(1);
+        dp.program(
+            &[service("web", vip).build()],
+            &[slice("web", &[local(0), local(1), remote(2)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Pod(0), tcp(vip)).reaches(&[0, 1, 2]).src_own(),
+            Flow::udp(Who::Pod(1), udp(vip)).reaches(&[0, 1, 2]).src_own(),
+            Flow::tcp(Who::Node, tcp(vip)).reaches(&[0, 1, 2]).src_ip(node_ip()),
+            Flow::udp(Who::Node, udp(vip)).reaches(&[0, 1, 2]),
+            // From outside the cluster CIDR: masqueraded.
+            Flow::tcp(Who::Client, tcp(vip)).reaches(&[0, 1, 2]).src_ip(node_ip()),
+        ]);
+    }
+
+    /// NodePort on the node's external address from the outside client
+    /// reaches endpoints, masqueraded to the node's address; also on
+    /// 127.0.0.1 from the node (localhost NodePorts).
+    pub fn node_port_from_client_is_masqueraded(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        dp.program(
+            &[service_with_node_ports("np", "NodePort", v4(2), 30080, 30053).build()],
+            &[slice("np", &[local(0), remote(1)])],
+        );
+        let ext = node_ext_ip();
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(ext, 30080))
+                .reaches(&[0, 1])
+                .src_ip(node_ip()),
+            Flow::udp(Who::Client, SocketAddr::new(ext, 30053))
+                .reaches(&[0, 1])
+                .src_ip(node_ip()),
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ip(), 30080)).reaches(&[0, 1]),
+            Flow::tcp(Who::Node, SocketAddr::new(lo, 30080))
+                .reaches(&[0, 1])
+                .src_ip(node_ip()),
+            // The cluster IP still works.
+            Flow::tcp(Who::Pod(2), tcp(v4(2))).reaches(&[0, 1]).src_own(),
+        ]);
+    }
+
+    /// With nodePortAddresses limited to the external network, the NodePort
+    /// answers on 198.18.2.1 only: on the node's pod-network address it is
+    /// not accepted.
+    pub fn node_port_addresses_limit_where_node_ports_answer(mode: Mode) {
+        let cfg = DpConfig {
+            nodeport_addresses: NodePortAddresses::Cidrs(vec![netns::EXT_CIDR4.parse().expect("cidr")]),
+            ..DpConfig::default()
+        };
+        let Some(mut dp) = Dp::new(mode, cfg) else { return };
+        dp.program(
+            &[service_with_node_ports("np", "NodePort", v4(3), 30080, 30053).build()],
+            &[slice("np", &[local(0), local(1)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(node_ext_ip(), 30080))
+                .reaches(&[0, 1])
+                .src_ip(node_ip()),
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ext_ip(), 30080)).reaches(&[0, 1]),
+            // Nothing listens on the node itself: RST.
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ip(), 30080)).refused(),
+            Flow::tcp(Who::Node, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 30080)).refused(),
+        ]);
+    }
+
+    /// A LoadBalancer ingress IP and an external IP reach the endpoints from
+    /// the outside client (masqueraded, Cluster policy) and from a pod.
+    pub fn load_balancer_and_external_ips_reach_endpoints(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let (lb, ext) = (v4(31), v4(32));
+        dp.program(
+            &[
+                service_with_node_ports("lb", "LoadBalancer", v4(30), 30080, 30053)
+                    .lb_ingress(&lb.to_string())
+                    .build(),
+                service("ext", v4(33)).external_ips(&[&ext.to_string()]).build(),
+            ],
+            &[slice("lb", &[local(0), remote(1)]), slice("ext", &[local(1), local(2)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, tcp(lb)).reaches(&[0, 1]).src_ip(node_ip()),
+            Flow::udp(Who::Client, udp(lb)).reaches(&[0, 1]).src_ip(node_ip()),
+            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, tcp(ext)).reaches(&[1, 2]).src_ip(node_ip()),
+            Flow::udp(Who::Client, udp(ext)).reaches(&[1, 2]),
+            Flow::tcp(Who::Pod(0), tcp(ext)).reaches(&[1, 2]),
+        ]);
+    }
+
+    /// loadBalancerSourceRanges: a client inside the range reaches the
+    /// endpoints; with a range not covering it (or a pod), traffic to the LB
+    /// IP is dropped.
+    pub fn lb_source_ranges_admit_only_listed_clients(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let (open, closed) = (v4(41), v4(43));
+        dp.program(
+            &[
+                service_with_node_ports("in-range", "LoadBalancer", v4(40), 30080, 30053)
+                    .lb_ingress(&open.to_string())
+                    .source_ranges(&[netns::EXT_CIDR4])
+                    .build(),
+                service_with_node_ports("out-of-range", "LoadBalancer", v4(42), 30081, 30054)
+                    .lb_ingress(&closed.to_string())
+                    .source_ranges(&["198.18.3.0/24"])
+                    .build(),
+            ],
+            &[
+                slice("in-range", &[local(0), local(1)]),
+                slice("out-of-range", &[local(0), local(1)]),
+            ],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, tcp(open)).reaches(&[0, 1]),
+            Flow::udp(Who::Client, udp(open)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, tcp(closed)).dropped(),
+            Flow::udp(Who::Client, udp(closed)).dropped(),
+            // Pods are not in 198.18.2.0/24 either.
+            Flow::tcp(Who::Pod(2), tcp(open)).dropped(),
+            // The cluster IP of a firewalled service is not firewalled.
+            Flow::tcp(Who::Pod(2), tcp(v4(42))).reaches(&[0, 1]),
+        ]);
+    }
+
+    /// sessionAffinity ClientIP: every connection of one client lands on one
+    /// pod (from the outside client, from the node, and over UDP).
+    pub fn session_affinity_pins_a_client_to_one_endpoint(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let vip = v4(50);
+        dp.program(
+            &[service("sticky", vip).client_ip_affinity(Some(60)).build()],
+            &[slice("sticky", &[local(0), local(1), remote(2)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, tcp(vip)).sticky(&[0, 1, 2]),
+            Flow::tcp(Who::Node, tcp(vip)).sticky(&[0, 1, 2]),
+            Flow::udp(Who::Pod(0), udp(vip)).sticky(&[0, 1, 2]),
+        ]);
+    }
+
+    /// externalTrafficPolicy Local: NodePort and LB traffic from the client
+    /// reaches only the local endpoint and keeps the client's address; pods
+    /// still use every endpoint; with only remote endpoints external traffic
+    /// is dropped while the cluster IP works; health-check node ports are
+    /// accepted.
+    pub fn external_traffic_policy_local_keeps_client_ip_and_local_endpoints(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let (lb, lb_remote) = (v4(61), v4(63));
+        dp.program(
+            &[
+                service_with_node_ports("etp", "LoadBalancer", v4(60), 30080, 30053)
+                    .lb_ingress(&lb.to_string())
+                    .external_traffic_policy_local()
+                    .health_check_node_port(32000)
+                    .build(),
+                service_with_node_ports("etp-remote", "LoadBalancer", v4(62), 30081, 30054)
+                    .lb_ingress(&lb_remote.to_string())
+                    .external_traffic_policy_local()
+                    .health_check_node_port(32001)
+                    .build(),
+            ],
+            &[
+                slice("etp", &[local(0), remote(1)]),
+                slice("etp-remote", &[remote(0), remote(1)]),
+            ],
+        );
+        let ext = node_ext_ip();
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(ext, 30080))
+                .reaches(&[0])
+                .src_own()
+                .tries(8),
+            Flow::udp(Who::Client, SocketAddr::new(ext, 30053))
+                .reaches(&[0])
+                .src_own()
+                .tries(8),
+            Flow::tcp(Who::Client, tcp(lb)).reaches(&[0]).src_own().tries(8),
+            // Pod traffic to external destinations is short-circuited to the cluster chain.
+            Flow::tcp(Who::Pod(2), SocketAddr::new(ext, 30080)).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), tcp(v4(60))).reaches(&[0, 1]).src_own(),
+            // Only remote endpoints: external traffic dropped, internal fine.
+            Flow::tcp(Who::Client, SocketAddr::new(ext, 30081)).dropped(),
+            Flow::udp(Who::Client, SocketAddr::new(ext, 30054)).dropped(),
+            Flow::tcp(Who::Client, tcp(lb_remote)).dropped(),
+            Flow::tcp(Who::Pod(2), tcp(v4(62))).reaches(&[0, 1]),
+            // The node's own traffic to its node ports is short-circuited too.
+            Flow::tcp(Who::Node, SocketAddr::new(ext, 30081)).reaches(&[0, 1]),
+            Flow::tcp(Who::Node, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 30081)).reaches(&[0, 1]),
+        ]);
+        let node = dp.topo.node();
+        for port in [32000, 32001] {
+            if let Err(e) = mode.check_health_check_port(node, port) {
+                panic!("{e}");
+            }
+        }
+    }
+
+    /// internalTrafficPolicy Local: the cluster IP reaches only local
+    /// endpoints; with none local, traffic is dropped (not refused).
+    pub fn internal_traffic_policy_local_uses_only_local_endpoints(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let (vip, vip_none) = (v4(70), v4(71));
+        dp.program(
+            &[
+                service("itp", vip).internal_traffic_policy_local().build(),
+                service("itp-none", vip_none).internal_traffic_policy_local().build(),
+            ],
+            &[
+                slice("itp", &[local(0), remote(1), local(2)]),
+                slice("itp-none", &[remote(0), remote(1)]),
+            ],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Pod(1), tcp(vip)).reaches(&[0, 2]).src_own(),
+            Flow::udp(Who::Pod(1), udp(vip)).reaches(&[0, 2]),
+            Flow::tcp(Who::Node, tcp(vip)).reaches(&[0, 2]),
+            Flow::tcp(Who::Pod(2), tcp(vip_none)).dropped(),
+            Flow::udp(Who::Pod(2), udp(vip_none)).dropped(),
+            Flow::tcp(Who::Node, tcp(vip_none)).dropped(),
+        ]);
+    }
+
+    /// When no endpoint is ready, serving terminating ones still get the
+    /// traffic; a ready endpoint is preferred over terminating ones.
+    pub fn terminating_endpoints_serve_when_none_is_ready(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let (vip, vip_mixed) = (v4(80), v4(81));
+        dp.program(
+            &[service("term", vip).build(), service("mixed", vip_mixed).build()],
+            &[
+                slice(
+                    "term",
+                    &[
+                        local(0).serving_terminating(),
+                        remote(1).serving_terminating(),
+                        local(2).terminating_not_serving(),
+                    ],
+                ),
+                slice("mixed", &[local(0), local(1).serving_terminating()]),
+            ],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(vip)).reaches(&[0, 1]),
+            Flow::udp(Who::Node, udp(vip)).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), tcp(vip_mixed)).reaches(&[0]).tries(10),
+        ]);
+    }
+
+    /// A service without endpoints rejects: TCP and UDP from a pod, TCP
+    /// from the node, TCP from the client.
+    pub fn service_without_endpoints_rejects(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let (vip, vip_unready) = (v4(90), v4(91));
+        dp.program(
+            &[service("empty", vip).build(), service("unready", vip_unready).build()],
+            &[slice(
+                "unready",
+                &[local(0).unready(), local(1).terminating_not_serving()],
+            )],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Pod(0), tcp(vip)).refused(),
+            Flow::udp(Who::Pod(0), udp(vip)).refused(),
+            Flow::tcp(Who::Node, tcp(vip)).refused(),
+            // (UDP from the node is not in the table: a packet locally
+            // generated and REJECTed in OUTPUT fails sendmsg() with EPERM,
+            // exactly as a DROP would, so the two cannot be told apart.)
+            Flow::tcp(Who::Client, tcp(vip)).refused(),
+            Flow::tcp(Who::Pod(2), tcp(vip_unready)).refused(),
+        ]);
+    }
+
+    /// Hairpin: a pod reaching itself through a VIP gets an answer; it sees
+    /// the masqueraded node address.
+    pub fn hairpin_to_self_through_vip_is_masqueraded(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let vip = v4(100);
+        dp.program(&[service("self", vip).build()], &[slice("self", &[local(0)])]);
+        dp.check(&[
+            Flow::tcp(Who::Pod(0), tcp(vip)).reaches(&[0]).src_ip(node_ip()),
+            Flow::udp(Who::Pod(0), udp(vip)).reaches(&[0]).src_ip(node_ip()),
+            // Another pod is not masqueraded.
+            Flow::tcp(Who::Pod(1), tcp(vip)).reaches(&[0]).src_own(),
+        ]);
+    }
+
+    /// UDP flows (fixed 5-tuples: to an IPv4 and an IPv6 cluster IP from a
+    /// pod, to a node port from the client) keep going to the old endpoint
+    /// after it was replaced (conntrack), until the stale entries are
+    /// deleted; then the very next datagram reaches the new endpoint.
+    pub fn udp_flow_moves_to_new_endpoint_after_conntrack_cleanup(mode: Mode) {
+        let cfg = DpConfig {
+            ipv6: true,
+            ..DpConfig::default()
+        };
+        let Some(mut dp) = Dp::new(mode, cfg) else { return };
+        let (vip, vip6) = (v4(110), v6(110));
+        let node_port = SocketAddr::new(node_ext_ip(), 30053);
+        let svc = mk_service(NS, "dns")
+            .type_("NodePort")
+            .cluster_ips(&[&vip.to_string(), &vip6.to_string()])
+            .node_port("dns", i32::from(UDP_PORT), "UDP", 30053)
+            .target_port(i32::from(UDP_TARGET))
+            .build();
+        dp.program(&[svc], &[slice("dns", &[local(0)]), slice6("dns", &[local6(0)])]);
+        // One socket per flow: a dual-stack UdpFlow that talked to an IPv4
+        // address gets no answer from an IPv6 one afterwards.
+        let sock = |ns: &Netns| {
+            ns.udp_flow(0)
+                .unwrap_or_else(|e| panic!("udp socket in {}: {e}", ns.label()))
+        };
+        let (pod_v4, pod_v6, client) = (sock(dp.topo.pod(2)), sock(dp.topo.pod(2)), sock(dp.topo.client()));
+        let flows = [(&pod_v4, udp(vip)), (&pod_v6, udp(vip6)), (&client, node_port)];
+        let ask_all = |when: &str| -> Vec<String> {
+            flows
+                .iter()
+                .map(|(f, to)| match f.send_recv(*to, REPLY_TIMEOUT) {
+                    Ok(r) => r.pod,
+                    Err(e) => panic!("{when}: udp to {to} from port {}: {e}", f.local_port()),
+                })
+                .collect()
+        };
+        assert_eq!(ask_all("before the change"), ["pod0"; 3]);
+        assert_eq!(ask_all("before the change, again"), ["pod0"; 3]);
+
+        dp.apply(&[], &[slice("dns", &[local(1)]), slice6("dns", &[local6(1)])]);
+        let changes = dp.sync(SyncKind::Partial);
+        // Rules now say pod1, but the conntrack entries still say pod0 ...
+        assert_eq!(ask_all("after the sync, before the cleanup"), ["pod0"; 3]);
+        // ... while fresh flows already take the new rules.
+        dp.check(&[
+            Flow::udp(Who::Pod(2), udp(vip)).reaches(&[1]),
+            Flow::udp(Who::Pod(2), udp(vip6)).reaches(&[1]),
+            Flow::udp(Who::Client, node_port).reaches(&[1]),
+        ]);
+
+        let stats = dp.clean_conntrack(&changes);
+        assert_eq!(stats.failures, 0, "conntrack cleanup failed: {stats:?}");
+        assert!(
+            stats.deleted_entries >= 3,
+            "stale conntrack entries not deleted: {stats:?}"
+        );
+        assert_eq!(ask_all("first datagram after the cleanup"), ["pod1"; 3]);
+        assert_eq!(ask_all("second datagram after the cleanup"), ["pod1"; 3]);
+    }
+
+    /// IPv6: dual-stack and IPv6-only cluster IPs reach the pods' IPv6
+    /// addresses (ip6tables / the IPv6 family), IPv4 keeps working.
+    pub fn ipv6_cluster_ip_reaches_endpoints(mode: Mode) {
+        let cfg = DpConfig {
+            ipv6: true,
+            ..DpConfig::default()
+        };
+        let Some(mut dp) = Dp::new(mode, cfg) else { return };
+        let (d4, d6, only6) = (v4(120), v6(120), v6(121));
+        dp.program(
+            &[
+                service_dual("dual", d4, d6).build(),
+                mk_service(NS, "v6only")
+                    .cluster_ip(&only6.to_string())
+                    .port("http", i32::from(TCP_PORT), "TCP")
+                    .target_port(i32::from(TCP_TARGET))
+                    .port("dns", i32::from(UDP_PORT), "UDP")
+                    .target_port(i32::from(UDP_TARGET))
+                    .build(),
+            ],
+            &[
+                slice("dual", &[local(0), local(1)]),
+                slice6("dual", &[local6(0), local6(1)]),
+                slice6("v6only", &[local6(1), local6(2)]),
+            ],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(d6)).reaches(&[0, 1]).src_own(),
+            Flow::udp(Who::Pod(2), udp(d6)).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), tcp(d4)).reaches(&[0, 1]).src_own(),
+            Flow::tcp(Who::Node, tcp(d6)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, tcp(d6)).reaches(&[0, 1]).src_ip(node_ip6()),
+            Flow::tcp(Who::Pod(0), tcp(only6)).reaches(&[1, 2]).src_own(),
+            Flow::udp(Who::Pod(0), udp(only6)).reaches(&[1, 2]),
+        ]);
+    }
+
+    /// After a Full sync of 50 services, a Partial sync of one endpoint
+    /// change writes only that service's rules, and takes effect, while the
+    /// other services keep working.
+    pub fn partial_sync_rewrites_only_the_changed_service(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        const N: u16 = 50;
+        let name = |i: u16| format!("svc{i}");
+        let eps = |i: u16| [local(usize::from(i % 3)), remote(usize::from((i + 1) % 3))];
+        let services: Vec<Service> = (0..N).map(|i| service(&name(i), v4(200 + i)).build()).collect();
+        let slices: Vec<EndpointSlice> = (0..N).map(|i| slice(&name(i), &eps(i))).collect();
+        dp.program(&services, &slices);
+        // svc7 starts on pods 1 and 2.
+        dp.check(&[
+            Flow::tcp(Who::Pod(0), tcp(v4(207))).reaches(&[1, 2]),
+            Flow::tcp(Who::Pod(0), tcp(v4(200))).reaches(&[0, 1]),
+        ]);
+
+        dp.apply_slice(&slice("svc7", &[local(1), local(0)]));
+        let changes = dp.sync(SyncKind::Partial);
+        assert_eq!(
+            changes.ports.len(),
+            2,
+            "only svc7's two ports changed: {:?}",
+            changes.ports.keys()
+        );
+        let others: Vec<String> = (0..N).filter(|i| *i != 7).map(name).collect();
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        if let Err(e) = mode.check_partial_input(dp.backend(), "svc7", &others) {
+            panic!("partial sync input is not scoped to svc7: {e}");
+        }
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(v4(207))).reaches(&[0, 1]),
+            Flow::udp(Who::Pod(2), udp(v4(207))).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), tcp(v4(200))).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, tcp(v4(249))).reaches(&[1, 2]),
+            Flow::udp(Who::Node, udp(v4(208))).reaches(&[2, 0]),
+        ]);
+    }
+
+    /// A restarted proxy (new backend, same kernel rules) Full-syncs the same
+    /// state without ever removing the service's rules, and an established
+    /// connection through the VIP keeps working.
+    pub fn restart_keeps_rules_and_established_connections(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        const ECHO: u16 = 7070;
+        let vip = v4(140);
+        let _echo = EchoServer::start(dp.topo.pod(0), ECHO).expect("echo server in pod0");
+        let svc = mk_service(NS, "echo")
+            .cluster_ip(&vip.to_string())
+            .port("echo", 7, "TCP")
+            .target_port(i32::from(ECHO))
+            .build();
+        let eps = mk_slice(NS, "echo-v4", "echo")
+            .port("echo", i32::from(ECHO), "TCP")
+            .endpoint_with(local(0))
+            .build();
+        dp.program(
+            &[svc, service("web", v4(141)).build(), service("gone", v4(142)).build()],
+            &[eps, slice("web", &[local(1)]), slice("gone", &[local(1), local(2)])],
+        );
+
+        let to = SocketAddr::new(vip, 7);
+        let mut conn = EchoClient::connect(dp.topo.pod(2), to, REPLY_TIMEOUT).expect("connect to the echo VIP");
+        assert_eq!(
+            conn.exchange("hello", REPLY_TIMEOUT).expect("first exchange"),
+            "pod0 hello"
+        );
+
+        let watcher = RuleWatcher::start(mode, dp.topo.node(), vip, 7);
+        dp.restart_backend();
+        // "gone" was deleted while the proxy was down.
+        dp.model.delete_service(&ServiceName::new(NS, "gone"));
+        dp.clear_calls();
+        dp.sync(SyncKind::Full);
+        let after_sync = dp.dump();
+        let (polls, missing) = watcher.finish();
+
+        assert!(
+            mode.vip_programmed(&after_sync, vip, 7),
+            "rules for {vip}:7 missing right after the new backend's first sync:\n{after_sync}"
+        );
+        assert!(polls > 0, "the rule watcher took no snapshot");
+        if let Some(first) = missing.first() {
+            panic!(
+                "rules for {vip}:7 disappeared in {} of {polls} snapshots during the restart; first:\n{first}",
+                missing.len()
+            );
+        }
+        if let Err(e) = mode.check_apply_calls(&dp.calls()) {
+            panic!("{e}");
+        }
+        if let Err(e) = mode.check_no_duplicate_rules(&after_sync) {
+            panic!("after the restart's full sync:\n{e}\n--- rules ---\n{after_sync}");
+        }
+        if let Err(e) = mode.check_no_leftovers(&after_sync, "gone") {
+            panic!("after the restart's full sync:\n{e}\n--- rules ---\n{after_sync}");
+        }
+        assert_eq!(
+            conn.exchange("again", REPLY_TIMEOUT)
+                .expect("exchange after the restart"),
+            "pod0 again"
+        );
+        // New connections work too.
+        let mut fresh = EchoClient::connect(dp.topo.pod(1), to, REPLY_TIMEOUT).expect("new connection after restart");
+        assert_eq!(fresh.exchange("new", REPLY_TIMEOUT).expect("new exchange"), "pod0 new");
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(v4(141))).reaches(&[1]),
+            Flow::tcp(Who::Pod(2), tcp(v4(142))).dropped(),
+        ]);
+    }
+
+    /// A service's whole life through Partial syncs only (created, endpoints
+    /// to zero and back, type and policy changes, deleted): after every
+    /// step the datapath is what a Full sync would give.
+    pub fn partial_syncs_follow_a_service_lifecycle(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let (a, b, b_lb) = (v4(150), v4(151), v4(152));
+        let ext = node_ext_ip();
+        dp.program(&[service("a", a).build()], &[slice("a", &[local(0), local(1)])]);
+        dp.check(&[Flow::tcp(Who::Pod(2), tcp(a)).reaches(&[0, 1])]);
+
+        // A new NodePort service.
+        dp.apply(
+            &[service_with_node_ports("b", "NodePort", b, 30080, 30053).build()],
+            &[slice("b", &[local(2)])],
+        );
+        dp.sync(SyncKind::Partial);
+        dp.check(&[
+            Flow::tcp(Who::Pod(0), tcp(b)).reaches(&[2]),
+            Flow::tcp(Who::Client, SocketAddr::new(ext, 30080))
+                .reaches(&[2])
+                .src_ip(node_ip()),
+            Flow::tcp(Who::Pod(2), tcp(a)).reaches(&[0, 1]),
+        ]);
+
+        // a scales to zero, then comes back on another pod.
+        dp.apply_slice(&slice("a", &[]));
+        dp.sync(SyncKind::Partial);
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(a)).refused(),
+            Flow::udp(Who::Pod(2), udp(a)).refused(),
+        ]);
+        dp.apply_slice(&slice("a", &[remote(1)]));
+        dp.sync(SyncKind::Partial);
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(a)).reaches(&[1]),
+            Flow::udp(Who::Pod(0), udp(a)).reaches(&[1]),
+        ]);
+
+        // b becomes a LoadBalancer with externalTrafficPolicy Local, its
+        // endpoint moves to another node: external traffic dropped.
+        dp.apply(
+            &[service_with_node_ports("b", "LoadBalancer", b, 30080, 30053)
+                .lb_ingress(&b_lb.to_string())
+                .external_traffic_policy_local()
+                .health_check_node_port(32000)
+                .build()],
+            &[slice("b", &[remote(2)])],
+        );
+        dp.sync(SyncKind::Partial);
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(ext, 30080)).dropped(),
+            Flow::tcp(Who::Client, tcp(b_lb)).dropped(),
+            Flow::tcp(Who::Pod(0), tcp(b)).reaches(&[2]),
+        ]);
+        if let Err(e) = mode.check_health_check_port(dp.topo.node(), 32000) {
+            panic!("{e}");
+        }
+        // ... and back to a local endpoint: the client's address is kept.
+        dp.apply_slice(&slice("b", &[local(2)]));
+        dp.sync(SyncKind::Partial);
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(ext, 30080))
+                .reaches(&[2])
+                .src_own(),
+            Flow::tcp(Who::Client, tcp(b_lb)).reaches(&[2]).src_own(),
+        ]);
+
+        // a is deleted: its VIP leads nowhere, nothing of it is left.
+        dp.model.delete_service(&ServiceName::new(NS, "a"));
+        dp.sync(SyncKind::Partial);
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(a)).dropped(),
+            Flow::tcp(Who::Pod(0), tcp(b)).reaches(&[2]),
+        ]);
+        if let Err(e) = mode.check_no_leftovers(&dp.dump(), "a") {
+            panic!(
+                "after deleting a through a partial sync:\n{e}\n--- rules ---\n{}",
+                dp.dump()
+            );
+        }
+    }
+}
