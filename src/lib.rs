@@ -14,6 +14,8 @@
 pub mod backend;
 pub mod cmd;
 pub mod config;
+pub mod health;
+pub mod metrics;
 pub mod conntrack;
 pub mod model;
 pub mod sync;

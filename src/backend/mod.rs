@@ -21,6 +21,7 @@
 //! - `cleanup` removes everything the mode installed, and is idempotent.
 
 pub mod iptables;
+pub mod ipvs;
 pub mod recording;
 pub mod table;
 
@@ -49,6 +50,23 @@ pub struct SyncStats {
     pub rules_written: usize,
     /// Bytes of rule text (or netlink batch) sent to the kernel.
     pub bytes_written: usize,
+    /// Per IP family details, for metrics (empty if the backend has none).
+    pub families: Vec<FamilyStats>,
+}
+
+/// What one IP family's part of a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FamilyStats {
+    pub family: crate::model::IpFamily,
+    /// Time spent on this family.
+    pub elapsed: std::time::Duration,
+    /// Rules per table now programmed (`kubeproxy_sync_proxy_rules_iptables_total`).
+    pub rules_total: Vec<(&'static str, usize)>,
+    /// Rules per table written by this sync (`…_iptables_last`).
+    pub rules_last: Vec<(&'static str, usize)>,
+    /// Service ports with Local internal / external policy and no local endpoints.
+    pub no_local_internal: usize,
+    pub no_local_external: usize,
 }
 
 /// Why a sync or cleanup failed.
@@ -105,7 +123,16 @@ pub fn renderer(cfg: &crate::config::Config) -> Option<Box<dyn Backend>> {
 
 /// One backend per mode, for `--cleanup`.
 pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
-    vec![Box::new(iptables_backend(cfg, sys))]
+    vec![
+        Box::new(iptables_backend(cfg, sys.clone())),
+        Box::new(ipvs::IpvsBackend::new(sys)),
+    ]
+}
+
+/// The backends of every mode but `mode`: their leftovers are removed when
+/// kproxy starts, as kube-proxy does when it starts in one mode.
+pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
+    all_backends(cfg, sys).into_iter().filter(|b| b.mode() != cfg.mode).collect()
 }
 
 fn iptables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> iptables::IptablesBackend {

@@ -38,7 +38,9 @@ pub use endpoints::{SERVICE_NAME_LABEL, ServiceEndpoints, SliceInfo, SliceSkip, 
 pub use node::NodeInfo;
 pub use selection::{EndpointSelection, SelectionOptions, select_endpoints};
 pub use service::{ServiceSkip, service_name, service_ports};
-pub use tracker::{ChangeSet, DesiredState, FamilyEndpoints, Model, PortChange, ServicePortState, slice_key};
+pub use tracker::{
+    ChangeSet, DesiredState, FamilyEndpoints, Model, PortChange, ServicePortState, TRIGGER_TIME_ANNOTATION, slice_key,
+};
 pub use types::*;
 
 use std::fmt;

@@ -71,15 +71,24 @@ pub struct ChangeSet {
     pub endpoint_changes: usize,
     /// Set when the node's information changed (generation, for `ack`).
     node_generation: Option<u64>,
+    /// Trigger times of the endpoint changes covered (see
+    /// [`TRIGGER_TIME_ANNOTATION`]), for the network-programming latency.
+    pub trigger_times: Vec<String>,
 }
 
 /// What is pending for one service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Dirty {
     generation: u64,
     service: bool,
     endpoints: bool,
+    /// `endpoints.kubernetes.io/last-change-trigger-time` values of the
+    /// slice changes behind this entry (RFC 3339, parsed by the caller).
+    triggers: Vec<String>,
 }
+
+/// The EndpointSlice annotation kube-proxy measures programming latency from.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// The model: API objects in, desired state and change sets out. Pure.
 #[derive(Debug)]
@@ -246,6 +255,12 @@ impl Model {
                 entry.insert(key.1.clone(), info);
                 self.slice_owner.insert(key, owner.clone());
                 self.recompute(&owner, false, true);
+                let trigger = slice.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME_ANNOTATION));
+                if let (Some(d), Some(t)) = (self.dirty.get_mut(&owner), trigger)
+                    && !d.triggers.contains(t)
+                {
+                    d.triggers.push(t.clone());
+                }
             }
             (Some(key), Err(skip)) => {
                 self.problems.push(Problem::object(
@@ -368,6 +383,7 @@ impl Model {
             set.services.push((svc.clone(), dirty.generation));
             set.service_changes += usize::from(dirty.service);
             set.endpoint_changes += usize::from(dirty.endpoints);
+            set.trigger_times.extend(dirty.triggers.iter().cloned());
             let mut names: Vec<&ServicePortName> = ports_of(&self.programmed, svc).map(|(n, _)| n).collect();
             names.extend(ports_of(&self.current, svc).map(|(n, _)| n));
             for name in names {
@@ -490,6 +506,7 @@ impl Model {
             generation,
             service: false,
             endpoints: false,
+            triggers: Vec::new(),
         });
         entry.generation = generation;
         entry.service |= service_changed;

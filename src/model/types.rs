@@ -35,8 +35,9 @@ pub enum Protocol {
 }
 
 /// An IP family. kube-proxy runs one proxier per family; so do our backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IpFamily {
+    #[default]
     V4,
     V6,
 }

@@ -57,6 +57,8 @@ pub enum RunnerConfigError {
 #[derive(Clone, Debug, Default)]
 pub struct Trigger {
     notify: Arc<Notify>,
+    /// When the oldest request not yet covered by a successful sync was made.
+    queued: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// The runner's phase.
@@ -112,7 +114,18 @@ impl RunnerConfig {
 impl Trigger {
     /// Requests a sync; many requests before the sync runs count as one.
     pub fn request(&self) {
+        self.queued_lock().get_or_insert_with(Instant::now);
         self.notify.notify_one();
+    }
+
+    /// When the oldest request that no successful sync has covered yet was
+    /// made (kube-proxy's "oldest pending queued" for `/healthz`).
+    pub fn queued_since(&self) -> Option<Instant> {
+        *self.queued_lock()
+    }
+
+    fn queued_lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -163,8 +176,14 @@ impl Runner {
             };
             // Triggers that came in before this sync starts are covered by it.
             drain(&notify);
+            let covered = self.trigger.queued_lock().take();
             last_start = Instant::now();
             let ok = sync(kind).await;
+            if !ok && let Some(t) = covered {
+                // Still not programmed: the oldest request stays the oldest.
+                let mut q = self.trigger.queued_lock();
+                *q = Some(q.map_or(t, |later| later.min(t)));
+            }
             state = match (ok, state) {
                 (true, _) => {
                     if kind == SyncKind::Full {

@@ -225,7 +225,19 @@ struct RequestRecord {
 impl TestApiServer {
     /// Start a server on 127.0.0.1 with an OS-chosen port.
     pub async fn start() -> std::io::Result<TestApiServer> {
-        let listener = bind_loopback(0)?;
+        Self::start_on(bind_loopback(0)?).await
+    }
+
+    /// Start a server on a listener the caller bound, e.g. on 127.0.0.1
+    /// inside a test network namespace (`Netns::tcp_listener`), so a kproxy
+    /// running there can reach it. `restart()` rebinds in the caller's
+    /// namespace, so it is not for such servers.
+    pub async fn start_on_std(listener: std::net::TcpListener) -> std::io::Result<TestApiServer> {
+        listener.set_nonblocking(true)?;
+        Self::start_on(TcpListener::from_std(listener)?).await
+    }
+
+    async fn start_on(listener: TcpListener) -> std::io::Result<TestApiServer> {
         let port = listener.local_addr()?.port();
         let server = TestApiServer {
             shared: Arc::new(Shared {

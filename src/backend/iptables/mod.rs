@@ -37,10 +37,35 @@ use self::render::{
     FIREWALL_JUMPS, JUMPS, Jump, NodePortTargets, PortRules, RenderOpts, SharedRule, Table, is_large, render_port,
     render_static, write_tables,
 };
-use super::{Backend, BackendError, SyncKind, SyncStats};
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats};
 use crate::config::{Config, NodePortAddresses, ProxyMode};
 use crate::model::{ChangeSet, DesiredState, IpFamily, NodeInfo, ServicePortName};
 use crate::sys::Sys;
+
+/// Above this many changed service ports a partial sync is done as a full one.
+pub const MAX_PARTIAL_PORTS: usize = 1000;
+
+/// Chains per restore input in a batched full sync on iptables-nft.
+pub const NFT_BATCH_CHAINS: usize = 4000;
+
+/// Splits `rules` into runs of whole service ports with about `max`
+/// chains each.
+fn batches(rules: &[PortRules], max: usize) -> Vec<&[PortRules]> {
+    let mut out = Vec::new();
+    let (mut start, mut count) = (0, 0);
+    for (i, r) in rules.iter().enumerate() {
+        if count > 0 && count + r.chains.len() > max {
+            out.push(&rules[start..i]);
+            start = i;
+            count = 0;
+        }
+        count += r.chains.len();
+    }
+    if start < rules.len() {
+        out.push(&rules[start..]);
+    }
+    out
+}
 
 /// Which iptables binaries to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +95,37 @@ struct Programmed {
     opts: Option<RenderOpts>,
     large: bool,
     ports: HashMap<ServicePortName, ProgrammedPort>,
+    /// Rules of the service-independent chains: (filter, nat).
+    static_rules: (usize, usize),
+}
+
+// === impl Programmed ===
+
+impl Programmed {
+    /// Metrics for what is programmed now.
+    fn family_stats(&self, family: IpFamily, elapsed: std::time::Duration, last: (usize, usize)) -> FamilyStats {
+        let (mut filter, mut nat) = self.static_rules;
+        let (mut internal, mut external) = (0, 0);
+        for p in self.ports.values() {
+            nat += p.nat_rules;
+            for r in &p.shared {
+                match r.table {
+                    Table::Filter => filter += 1,
+                    Table::Nat => nat += 1,
+                }
+            }
+            internal += usize::from(p.no_local_internal);
+            external += usize::from(p.no_local_external);
+        }
+        FamilyStats {
+            family,
+            elapsed,
+            rules_total: vec![("filter", filter), ("nat", nat)],
+            rules_last: vec![("filter", last.0), ("nat", last.1)],
+            no_local_internal: internal,
+            no_local_external: external,
+        }
+    }
 }
 
 /// One service port as programmed: its chains (name, hash of rules) and
@@ -78,6 +134,9 @@ struct Programmed {
 struct ProgrammedPort {
     chains: BTreeMap<String, u64>,
     shared: Vec<SharedRule>,
+    nat_rules: usize,
+    no_local_internal: bool,
+    no_local_external: bool,
 }
 
 /// Per-family state.
@@ -194,6 +253,9 @@ impl ProgrammedPort {
                 .map(|c| (c.name.clone(), hash_rules(&c.rules)))
                 .collect(),
             shared: rules.shared.clone(),
+            nat_rules: rules.chains.iter().map(|c| c.rules.len()).sum(),
+            no_local_internal: rules.no_local_internal,
+            no_local_external: rules.no_local_external,
         }
     }
 }
@@ -368,7 +430,11 @@ impl IptablesBackend {
         let opts = self.settings.render_opts(family, &desired.node, local_addrs);
         let large = is_large(desired, family);
         let prog = &self.families[idx].programmed;
-        let partial_ok = kind == SyncKind::Partial && prog.opts.as_ref() == Some(&opts) && prog.large == large;
+        // Many changes at once (a big apply) go through the batched full path.
+        let partial_ok = kind == SyncKind::Partial
+            && prog.opts.as_ref() == Some(&opts)
+            && prog.large == large
+            && changes.ports.len() <= MAX_PARTIAL_PORTS;
         if partial_ok {
             self.partial(idx, desired, changes, &opts, large)
         } else {
@@ -385,14 +451,14 @@ impl IptablesBackend {
     ) -> Result<SyncStats, BackendError> {
         self.discover(idx)?;
         let family = self.families[idx].family;
-        let ports: Vec<(ServicePortName, PortRules)> = desired
+        let (names_of, rules): (Vec<ServicePortName>, Vec<PortRules>) = desired
             .ports_of(family)
             .map(|s| (s.port.name.clone(), render_port(s, &opts, large)))
-            .collect();
+            .unzip();
         let stat = render_static(&opts);
-        let active: BTreeSet<&str> = ports
+        let active: BTreeSet<&str> = rules
             .iter()
-            .flat_map(|(_, p)| p.chains.iter().map(|c| c.name.as_str()))
+            .flat_map(|p| p.chains.iter().map(|c| c.name.as_str()))
             .collect();
         let f = &self.families[idx];
         let stale: Vec<String> = f
@@ -407,28 +473,65 @@ impl IptablesBackend {
             .into_iter()
             .collect();
         let jumps = self.missing_jumps(family, stat.kube_firewall);
-        let rules: Vec<PortRules> = ports.iter().map(|(_, r)| r.clone()).collect();
+        let chain_count: usize = rules.iter().map(|r| r.chains.len()).sum();
+        // iptables-nft's restore is quadratic in the chains one input
+        // declares (10k services: 208 s in one input, ~5 s in batches of a
+        // few thousand chains), so on nft the service chains go first, in
+        // batches, and the shared chains that reference them last.
+        let batched = self.variant == Some(Variant::Nft) && chain_count > NFT_BATCH_CHAINS;
+        let mut inputs = Vec::new();
+        if batched {
+            for (i, batch) in batches(&rules, NFT_BATCH_CHAINS).into_iter().enumerate() {
+                let mut text = String::with_capacity(batch.len() * 512);
+                // Service chains jump to KUBE-MARK-MASQ, which may not exist
+                // yet: the first batch (re)creates it, with its rule, atomically.
+                let prelude: Vec<&SharedRule> = match i {
+                    0 => stat.rules.iter().filter(|r| r.chain == names::KUBE_MARK_MASQ).collect(),
+                    _ => Vec::new(),
+                };
+                render::write_port_chains(&mut text, &prelude, batch.iter());
+                inputs.push(text);
+            }
+        }
         let mut text = String::with_capacity(rules.len() * 512);
-        write_tables(&mut text, &stat, &rules, &stale, &jumps);
+        write_tables(&mut text, &stat, &rules, &stale, &jumps, !batched);
+        inputs.push(text);
+        let count = |t: Table| stat.rules.iter().filter(|r| r.table == t).count();
+        let static_rules = (count(Table::Filter), count(Table::Nat) + stat.services_tail.len());
+        let filter_written: usize = rules
+            .iter()
+            .map(|r| r.shared.iter().filter(|s| s.table == Table::Filter).count())
+            .sum::<usize>()
+            + static_rules.0;
+        let all_written = rules.iter().map(PortRules::rule_count).sum::<usize>() + static_rules.0 + static_rules.1;
         let stats = SyncStats {
-            ports_written: ports.len(),
-            ports_total: ports.len(),
-            rules_written: rules.iter().map(PortRules::rule_count).sum::<usize>() + stat.rules.len(),
-            bytes_written: text.len(),
+            ports_written: rules.len(),
+            ports_total: rules.len(),
+            rules_written: all_written,
+            bytes_written: inputs.iter().map(String::len).sum(),
+            families: Vec::new(),
         };
-        self.restore(idx, text)?;
+        let written = (filter_written, all_written - filter_written);
+        for text in inputs {
+            self.restore(idx, text)?;
+        }
         let f = &mut self.families[idx];
         f.leftovers.clear();
         f.programmed = Programmed {
             opts: Some(opts),
             large,
-            ports: ports
-                .iter()
-                .map(|(n, r)| (n.clone(), ProgrammedPort::from_rules(r)))
+            static_rules,
+            ports: names_of
+                .into_iter()
+                .zip(rules.iter())
+                .map(|(n, r)| (n, ProgrammedPort::from_rules(r)))
                 .collect(),
         };
         debug!(family = %family, ports = stats.ports_total, stale = stale.len(), jumps = jumps.len(), "Full iptables sync");
-        Ok(stats)
+        Ok(SyncStats {
+            families: vec![f.programmed.family_stats(family, std::time::Duration::ZERO, written)],
+            ..stats
+        })
     }
 
     fn partial(
@@ -452,11 +555,13 @@ impl IptablesBackend {
             delta.add_port(old, new.as_ref());
             updates.push((name.clone(), new.as_ref().map(ProgrammedPort::from_rules)));
         }
+        let written = delta.rule_lines_by_table();
         let stats = SyncStats {
             ports_written: updates.len(),
             ports_total: desired.ports_of(family).count(),
-            rules_written: delta.rule_lines(),
+            rules_written: written.0 + written.1,
             bytes_written: 0,
+            families: Vec::new(),
         };
         let text = delta.into_restore_input();
         let bytes = text.as_ref().map_or(0, String::len);
@@ -472,6 +577,11 @@ impl IptablesBackend {
         }
         Ok(SyncStats {
             bytes_written: bytes,
+            families: vec![
+                self.families[idx]
+                    .programmed
+                    .family_stats(family, std::time::Duration::ZERO, written),
+            ],
             ..stats
         })
     }
@@ -588,7 +698,12 @@ impl Backend for IptablesBackend {
                 }
                 continue;
             }
-            let stats = self.sync_family(idx, desired, changes, kind, &local_addrs)?;
+            let started = std::time::Instant::now();
+            let mut stats = self.sync_family(idx, desired, changes, kind, &local_addrs)?;
+            for f in &mut stats.families {
+                f.elapsed = started.elapsed();
+            }
+            total.families.append(&mut stats.families);
             total.ports_written += stats.ports_written;
             total.ports_total += stats.ports_total;
             total.rules_written += stats.rules_written;
@@ -678,8 +793,11 @@ impl Delta {
         self.add_shared.extend(remaining.into_iter().cloned());
     }
 
-    fn rule_lines(&self) -> usize {
-        self.rewrite.iter().map(|c| c.rules.len()).sum::<usize>() + self.del_shared.len() + self.add_shared.len()
+    /// Rule lines written, (filter, nat).
+    fn rule_lines_by_table(&self) -> (usize, usize) {
+        let shared = |t: Table| self.add_shared.iter().chain(&self.del_shared).filter(|r| r.table == t).count();
+        let chains: usize = self.rewrite.iter().map(|c| c.rules.len()).sum();
+        (shared(Table::Filter), shared(Table::Nat) + chains)
     }
 
     fn into_restore_input(self) -> Option<String> {
@@ -761,8 +879,10 @@ fn parse_save(save: &str) -> Saved {
 /// For an iptables-restore error naming a line (`line 12 failed`), that
 /// line with three lines of context either side, numbered.
 pub fn error_context(stderr: &str, input: &[u8]) -> Option<String> {
+    // "line 12 failed" (legacy) or "Error occurred at line: 12" (nft).
     let idx = stderr.find("line ")?;
     let num: usize = stderr[idx + 5..]
+        .trim_start_matches([':', ' '])
         .split(|c: char| !c.is_ascii_digit())
         .next()?
         .parse()

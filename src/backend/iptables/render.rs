@@ -708,7 +708,7 @@ pub fn render_full(desired: &DesiredState, opts: &RenderOpts) -> String {
         .collect();
     let stat = render_static(opts);
     let mut text = String::new();
-    write_tables(&mut text, &stat, &ports, &[], &[]);
+    write_tables(&mut text, &stat, &ports, &[], &[], true);
     text
 }
 
@@ -716,7 +716,14 @@ pub fn render_full(desired: &DesiredState, opts: &RenderOpts) -> String {
 /// top-level chain declared (flushed) and refilled, every service chain
 /// declared and written, `stale` chains flushed and deleted, and `jumps`
 /// inserted into built-in chains.
-pub fn write_tables(text: &mut String, stat: &StaticRules, ports: &[PortRules], stale: &[String], jumps: &[Jump]) {
+pub fn write_tables(
+    text: &mut String,
+    stat: &StaticRules,
+    ports: &[PortRules],
+    stale: &[String],
+    jumps: &[Jump],
+    with_port_chains: bool,
+) {
     // filter
     text.push_str("*filter\n");
     for chain in names::FILTER_TOP_CHAINS {
@@ -734,8 +741,10 @@ pub fn write_tables(text: &mut String, stat: &StaticRules, ports: &[PortRules], 
     for chain in names::NAT_TOP_CHAINS {
         let _ = writeln!(text, ":{chain} - [0:0]");
     }
-    for chain in ports.iter().flat_map(|p| p.chains.iter()) {
-        let _ = writeln!(text, ":{} - [0:0]", chain.name);
+    if with_port_chains {
+        for chain in ports.iter().flat_map(|p| p.chains.iter()) {
+            let _ = writeln!(text, ":{} - [0:0]", chain.name);
+        }
     }
     for chain in stale {
         let _ = writeln!(text, ":{chain} - [0:0]");
@@ -746,15 +755,46 @@ pub fn write_tables(text: &mut String, stat: &StaticRules, ports: &[PortRules], 
     for rule in &stat.services_tail {
         let _ = writeln!(text, "-A {} {rule}", names::KUBE_SERVICES);
     }
-    for chain in ports.iter().flat_map(|p| p.chains.iter()) {
-        for rule in &chain.rules {
-            let _ = writeln!(text, "-A {} {rule}", chain.name);
-        }
+    if with_port_chains {
+        write_chain_rules(text, ports.iter());
     }
     for chain in stale {
         let _ = writeln!(text, "-X {chain}");
     }
     text.push_str("COMMIT\n");
+}
+
+/// Writes a nat-only restore input that declares and fills the chains of
+/// `ports` (for full syncs split into batches, see the backend's README).
+pub fn write_port_chains<'a>(
+    text: &mut String,
+    prelude: &[&SharedRule],
+    ports: impl Iterator<Item = &'a PortRules> + Clone,
+) {
+    text.push_str("*nat\n");
+    let mut declared: Vec<&str> = Vec::new();
+    for r in prelude {
+        if !declared.contains(&r.chain) {
+            let _ = writeln!(text, ":{} - [0:0]", r.chain);
+            declared.push(r.chain);
+        }
+    }
+    for chain in ports.clone().flat_map(|p| p.chains.iter()) {
+        let _ = writeln!(text, ":{} - [0:0]", chain.name);
+    }
+    for r in prelude {
+        let _ = writeln!(text, "-A {} {}", r.chain, r.rule);
+    }
+    write_chain_rules(text, ports);
+    text.push_str("COMMIT\n");
+}
+
+fn write_chain_rules<'a>(text: &mut String, ports: impl Iterator<Item = &'a PortRules>) {
+    for chain in ports.flat_map(|p| p.chains.iter()) {
+        for rule in &chain.rules {
+            let _ = writeln!(text, "-A {} {rule}", chain.name);
+        }
+    }
 }
 
 fn write_jumps(text: &mut String, jumps: &[Jump], table: Table) {

@@ -70,14 +70,14 @@ fn model_with(n: usize) -> Model {
         let name = format!("svc{i}");
         m.apply_service(
             &mk_service("default", &name)
-                .cluster_ip(&format!("10.96.1.{}", i + 1))
+                .cluster_ip(&format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1))
                 .port("http", 80, "TCP")
                 .build(),
         );
         m.apply_slice(
             &mk_slice("default", &format!("{name}-1"), &name)
                 .port("http", 8080, "TCP")
-                .endpoint(&format!("10.244.1.{}", i + 1))
+                .endpoint(&format!("10.244.{}.{}", 1 + i / 250, i % 250 + 1))
                 .build(),
         );
     }
@@ -316,4 +316,30 @@ fn large_clusters_drop_endpoint_comments() {
         text.contains("\"default/big:http cluster IP\""),
         "service comments stay"
     );
+}
+
+#[test]
+fn large_full_syncs_on_nft_are_batched_with_shared_chains_last() {
+    let kernel = FakeKernel::default();
+    let runner = kernel.runner();
+    let mut b = IptablesBackend::new(Sys::fake(runner.clone()), settings(), Some(Variant::Nft));
+    let mut m = model_with(NFT_BATCH_CHAINS); // two chains per service
+    sync(&mut b, &mut m, SyncKind::Full).expect("sync");
+    let inputs: Vec<String> = runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.program == "iptables-nft-restore")
+        .map(|c| c.stdin)
+        .collect();
+    assert!(inputs.len() >= 3, "batches + final: {}", inputs.len());
+    let first = &inputs[0];
+    assert!(first.starts_with("*nat\n:KUBE-MARK-MASQ - [0:0]\n"), "{}", &first[..200]);
+    assert!(first.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000"));
+    assert!(!first.contains("KUBE-SERVICES"), "dispatch only in the last input");
+    let last = inputs.last().expect("final input");
+    assert!(last.contains(":KUBE-SERVICES - [0:0]"));
+    assert!(!last.contains(":KUBE-SVC-"), "service chains were written by the batches");
+    for input in &inputs[..inputs.len() - 1] {
+        assert!(input.matches(":KUBE-").count() <= NFT_BATCH_CHAINS + 1);
+    }
 }

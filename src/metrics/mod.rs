@@ -1,0 +1,493 @@
+//! Prometheus metrics with kube-proxy's names, types, labels and buckets, so
+//! existing dashboards, alerts and clusterloader2 queries work unchanged.
+//!
+//! ```text
+//!  driver / watch / health ──(Metrics handle: observe_*)──▶ Registry ──▶ GET /metrics
+//! ```
+//!
+//! There are no statics: a [`Metrics`] handle is created once and passed to
+//! whoever observes. Two kube-proxy gauges end in `_total`
+//! (`…_no_local_endpoints_total`, `…_iptables_total`); they keep their names
+//! for compatibility, although Prometheus' linter prefers that suffix for
+//! counters only.
+
+pub mod process;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::backend::{SyncKind, SyncStats};
+use crate::config::ProxyMode;
+use crate::model::IpFamily;
+
+/// `ip_family` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    pub ip_family: String,
+}
+
+/// `ip_family` + `table` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub ip_family: String,
+    pub table: String,
+}
+
+/// `traffic_policy` (+ `ip_family`) labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub ip_family: String,
+    pub traffic_policy: String,
+}
+
+/// `code` label (HTTP status).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+/// `kind` label (API object kind).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+type GaugeF = Gauge<f64, AtomicU64>;
+
+/// The metric handles.
+struct Inner {
+    sync_duration: Family<FamilyLabel, Histogram>,
+    sync_full_duration: Family<FamilyLabel, Histogram>,
+    sync_partial_duration: Family<FamilyLabel, Histogram>,
+    programming_latency: Family<FamilyLabel, Histogram>,
+    last_timestamp: Family<FamilyLabel, GaugeF>,
+    last_queued_timestamp: Family<FamilyLabel, GaugeF>,
+    endpoint_changes_pending: Gauge,
+    endpoint_changes_total: Counter,
+    service_changes_pending: Gauge,
+    service_changes_total: Counter,
+    no_local_endpoints: Family<PolicyLabel, Gauge>,
+    iptables_restore_failures: Family<FamilyLabel, Counter>,
+    iptables_partial_restore_failures: Family<FamilyLabel, Counter>,
+    iptables_total: Family<TableLabel, Gauge>,
+    iptables_last: Family<TableLabel, Gauge>,
+    nftables_sync_failures: Family<FamilyLabel, Counter>,
+    healthz: Family<CodeLabel, Counter>,
+    livez: Family<CodeLabel, Counter>,
+    conntrack_duration: Family<FamilyLabel, Histogram>,
+    conntrack_deleted: Family<FamilyLabel, Counter>,
+    object_errors: Family<KindLabel, Counter>,
+    watch_errors: Family<KindLabel, Counter>,
+}
+
+/// A cheap, cloneable handle to kproxy's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    inner: Arc<Inner>,
+    mode: ProxyMode,
+}
+
+/// kube-proxy's sync buckets: 1 ms doubling, 15 buckets.
+fn sync_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// kube-proxy's network-programming buckets: 0.25 s … 300 s.
+fn programming_buckets() -> Histogram {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..=59).map(f64::from));
+    b.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    b.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    Histogram::new(b)
+}
+
+fn fam(f: IpFamily) -> FamilyLabel {
+    FamilyLabel {
+        ip_family: f.as_str().to_string(),
+    }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new(mode: ProxyMode) -> Self {
+        let mut r = Registry::default();
+        let sync_duration = Family::new_with_constructor(sync_buckets as fn() -> Histogram);
+        let sync_full_duration = Family::new_with_constructor(sync_buckets as fn() -> Histogram);
+        let sync_partial_duration = Family::new_with_constructor(sync_buckets as fn() -> Histogram);
+        let programming_latency = Family::new_with_constructor(programming_buckets as fn() -> Histogram);
+        let conntrack_duration = Family::new_with_constructor(sync_buckets as fn() -> Histogram);
+        let inner = Inner {
+            sync_duration,
+            sync_full_duration,
+            sync_partial_duration,
+            programming_latency,
+            last_timestamp: Family::default(),
+            last_queued_timestamp: Family::default(),
+            endpoint_changes_pending: Gauge::default(),
+            endpoint_changes_total: Counter::default(),
+            service_changes_pending: Gauge::default(),
+            service_changes_total: Counter::default(),
+            no_local_endpoints: Family::default(),
+            iptables_restore_failures: Family::default(),
+            iptables_partial_restore_failures: Family::default(),
+            iptables_total: Family::default(),
+            iptables_last: Family::default(),
+            nftables_sync_failures: Family::default(),
+            healthz: Family::default(),
+            livez: Family::default(),
+            conntrack_duration,
+            conntrack_deleted: Family::default(),
+            object_errors: Family::default(),
+            watch_errors: Family::default(),
+        };
+        let i = &inner;
+        r.register(
+            "kubeproxy_sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            i.sync_duration.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_full_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for full resyncs",
+            i.sync_full_duration.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds for partial resyncs",
+            i.sync_partial_duration.clone(),
+        );
+        r.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            i.programming_latency.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            i.last_timestamp.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            i.last_queued_timestamp.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            i.endpoint_changes_pending.clone(),
+        );
+        // prometheus-client appends `_total` to counters.
+        r.register(
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            i.endpoint_changes_total.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            i.service_changes_pending.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            i.service_changes_total.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            i.no_local_endpoints.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures",
+            "Cumulative proxy iptables restore failures",
+            i.iptables_restore_failures.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures",
+            "Cumulative proxy iptables partial restore failures",
+            i.iptables_partial_restore_failures.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_iptables_total",
+            "Total number of iptables rules owned by kube-proxy",
+            i.iptables_total.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_iptables_last",
+            "Number of iptables rules written by kube-proxy in last sync",
+            i.iptables_last.clone(),
+        );
+        r.register(
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures",
+            "Cumulative proxy nftables sync failures",
+            i.nftables_sync_failures.clone(),
+        );
+        r.register(
+            "kubeproxy_proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            i.healthz.clone(),
+        );
+        r.register(
+            "kubeproxy_proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            i.livez.clone(),
+        );
+        r.register(
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+            "ReconcileConntrackFlowsLatency latency in seconds",
+            i.conntrack_duration.clone(),
+        );
+        r.register(
+            "kubeproxy_conntrack_reconciler_deleted_entries",
+            "Cumulative conntrack flows deleted by conntrack reconciler",
+            i.conntrack_deleted.clone(),
+        );
+        r.register(
+            "kproxy_object_errors",
+            "API objects (or parts of them) skipped because they are malformed",
+            i.object_errors.clone(),
+        );
+        r.register(
+            "kproxy_watch_errors",
+            "Watch stream errors, retried with backoff",
+            i.watch_errors.clone(),
+        );
+        r.register_collector(Box::new(process::ProcessCollector::new()));
+        Self {
+            registry: Arc::new(r),
+            inner: Arc::new(inner),
+            mode,
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4), what kube-proxy serves.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        to_prometheus_text(&out)
+    }
+
+    /// A sync succeeded; `elapsed` is its whole duration.
+    pub fn sync_done(&self, kind: SyncKind, stats: &SyncStats, elapsed: Duration, now_unix: f64) {
+        let i = &self.inner;
+        let per_family: Vec<(IpFamily, Duration)> = if stats.families.is_empty() {
+            vec![(IpFamily::V4, elapsed)]
+        } else {
+            stats.families.iter().map(|f| (f.family, f.elapsed)).collect()
+        };
+        for (family, took) in per_family {
+            let l = fam(family);
+            let secs = took.as_secs_f64();
+            i.sync_duration.get_or_create(&l).observe(secs);
+            match kind {
+                SyncKind::Full => i.sync_full_duration.get_or_create(&l).observe(secs),
+                SyncKind::Partial => i.sync_partial_duration.get_or_create(&l).observe(secs),
+            }
+            i.last_timestamp.get_or_create(&l).set(now_unix);
+        }
+        for f in &stats.families {
+            let ip_family = f.family.as_str().to_string();
+            for (policy, n) in [("internal", f.no_local_internal), ("external", f.no_local_external)] {
+                i.no_local_endpoints
+                    .get_or_create(&PolicyLabel {
+                        ip_family: ip_family.clone(),
+                        traffic_policy: policy.to_string(),
+                    })
+                    .set(gauge_value(n));
+            }
+            if self.mode == ProxyMode::Iptables {
+                for (table, n) in &f.rules_total {
+                    let l = TableLabel {
+                        ip_family: ip_family.clone(),
+                        table: table.to_string(),
+                    };
+                    i.iptables_total.get_or_create(&l).set(gauge_value(*n));
+                }
+                for (table, n) in &f.rules_last {
+                    let l = TableLabel {
+                        ip_family: ip_family.clone(),
+                        table: table.to_string(),
+                    };
+                    i.iptables_last.get_or_create(&l).set(gauge_value(*n));
+                }
+            }
+        }
+    }
+
+    /// A sync failed.
+    pub fn sync_failed(&self, kind: SyncKind, family: IpFamily) {
+        let l = fam(family);
+        let i = &self.inner;
+        match self.mode {
+            ProxyMode::Iptables => {
+                i.iptables_restore_failures.get_or_create(&l).inc();
+                if kind == SyncKind::Partial {
+                    i.iptables_partial_restore_failures.get_or_create(&l).inc();
+                }
+            }
+            ProxyMode::Nftables => {
+                i.nftables_sync_failures.get_or_create(&l).inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Changes are waiting for a sync (as of `now_unix`).
+    pub fn queued(&self, now_unix: f64) {
+        for f in IpFamily::ALL {
+            self.inner.last_queued_timestamp.get_or_create(&fam(f)).set(now_unix);
+        }
+    }
+
+    /// Pending changes now (services, endpoints).
+    pub fn pending(&self, services: usize, endpoints: usize) {
+        self.inner.service_changes_pending.set(gauge_value(services));
+        self.inner.endpoint_changes_pending.set(gauge_value(endpoints));
+    }
+
+    /// Changes that reached the kernel.
+    pub fn changes_synced(&self, services: usize, endpoints: usize) {
+        self.inner.service_changes_total.inc_by(services as u64);
+        self.inner.endpoint_changes_total.inc_by(endpoints as u64);
+    }
+
+    /// Time from an EndpointSlice change's trigger to its programming.
+    pub fn network_programming(&self, family: IpFamily, seconds: f64) {
+        self.inner.programming_latency.get_or_create(&fam(family)).observe(seconds);
+    }
+
+    pub fn healthz(&self, code: u16) {
+        self.inner
+            .healthz
+            .get_or_create(&CodeLabel { code: code.to_string() })
+            .inc();
+    }
+
+    pub fn livez(&self, code: u16) {
+        self.inner
+            .livez
+            .get_or_create(&CodeLabel { code: code.to_string() })
+            .inc();
+    }
+
+    /// A conntrack cleanup run.
+    pub fn conntrack(&self, family: IpFamily, took: Duration, deleted: usize) {
+        let l = fam(family);
+        self.inner.conntrack_duration.get_or_create(&l).observe(took.as_secs_f64());
+        self.inner.conntrack_deleted.get_or_create(&l).inc_by(deleted as u64);
+    }
+
+    pub fn object_error(&self, kind: &str) {
+        self.inner
+            .object_errors
+            .get_or_create(&KindLabel { kind: kind.to_string() })
+            .inc();
+    }
+
+    pub fn watch_error(&self, kind: &str) {
+        self.inner
+            .watch_errors
+            .get_or_create(&KindLabel { kind: kind.to_string() })
+            .inc();
+    }
+}
+
+impl crate::watch::WatchObserver for Metrics {
+    fn object_problem(&self, kind: &'static str) {
+        self.object_error(kind);
+    }
+    fn watch_error(&self, kind: &'static str) {
+        Metrics::watch_error(self, kind);
+    }
+}
+
+/// Converts prometheus-client's OpenMetrics text to the Prometheus text
+/// format: counter families are named with their `_total` suffix (as their
+/// samples are) and the `# EOF` / `# UNIT` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let lines: Vec<&str> = openmetrics.lines().collect();
+    let counters: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in lines {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_kube_proxy_names_and_buckets() {
+        let m = Metrics::new(ProxyMode::Iptables);
+        let stats = SyncStats {
+            families: vec![crate::backend::FamilyStats {
+                family: IpFamily::V4,
+                elapsed: Duration::from_millis(3),
+                rules_total: vec![("nat", 10)],
+                rules_last: vec![("nat", 4)],
+                no_local_internal: 1,
+                no_local_external: 0,
+            }],
+            ..SyncStats::default()
+        };
+        m.sync_done(SyncKind::Full, &stats, Duration::from_millis(3), 1.0);
+        m.sync_failed(SyncKind::Partial, IpFamily::V4);
+        m.changes_synced(1, 2);
+        let text = m.encode();
+        for want in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.001\",ip_family=\"IPv4\"}",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"8.192\",ip_family=\"IPv4\"}",
+            "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_iptables_total{ip_family=\"IPv4\",table=\"nat\"} 10",
+            "kubeproxy_sync_proxy_rules_iptables_last{ip_family=\"IPv4\",table=\"nat\"} 4",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"internal\"} 1",
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total 2",
+            "process_start_time_seconds",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        // 15 buckets plus +Inf.
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_bucket"))
+            .count();
+        assert_eq!(buckets, 16);
+    }
+}

@@ -1,0 +1,225 @@
+//! The whole daemon, end to end: the real `kproxy` binary runs in a node
+//! network namespace against the fake API server (listening on 127.0.0.1
+//! inside that namespace), programs iptables there, serves `/metrics`,
+//! `/healthz`, `/livez` and health-check node ports, and `--cleanup`
+//! removes everything it installed.
+#![allow(clippy::disallowed_types)] // tests run the binary and tools directly
+
+#[path = "support/api_server.rs"]
+mod api_server;
+#[path = "support/netns.rs"]
+mod netns;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use api_server::TestApiServer;
+use kproxy::model::builders::{mk_node, mk_service, mk_slice};
+use netns::{Netns, Proto, Topology};
+
+const METRICS: &str = "127.0.0.1:10249";
+const HEALTHZ: &str = "127.0.0.1:10256";
+const HC_PORT: u16 = 32100;
+
+/// GET `path` from `addr` inside `ns`: (status, body).
+fn get(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
+    let addr: SocketAddr = addr.parse().ok()?;
+    let path = path.to_string();
+    ns.run_in(move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Some((code, body))
+    })
+}
+
+/// Polls `f` every 100 ms until it returns Some, for at most `limit`.
+fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of a sample line in a Prometheus exposition.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A directory of wrappers that make iptables-restore fail while FAIL exists.
+fn failing_restore_wrappers(dir: &Path) -> PathBuf {
+    let fail = dir.join("FAIL");
+    for tool in ["iptables-nft-restore", "ip6tables-nft-restore"] {
+        let real = netns::find_tool(tool).unwrap_or_else(|| PathBuf::from(format!("/usr/sbin/{tool}")));
+        let script = format!(
+            "#!/bin/sh\nif [ -e {fail} ]; then echo 'forced failure for a test' >&2; exit 1; fi\nexec {real} \"$@\"\n",
+            fail = fail.display(),
+            real = real.display()
+        );
+        let path = dir.join(tool);
+        std::fs::write(&path, script).expect("write wrapper");
+        let _ = std::process::Command::new("chmod").arg("+x").arg(&path).status();
+    }
+    fail
+}
+
+fn web_slice(node_of_pod0: &str) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    mk_slice("default", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .endpoint_on("198.18.1.10", node_of_pod0)
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
+    if !netns::require_root_tools(&["ip", "iptables-restore", "iptables-nft-restore", "promtool"]) {
+        return;
+    }
+    let topo = Topology::builder().pods(2).build();
+    topo.start_servers(8080, 5353);
+    let node = topo.node();
+    let listener = node.tcp_listener("127.0.0.1:0".parse().expect("addr")).expect("listen in node ns");
+    let api = TestApiServer::start_on_std(listener).await.expect("api server");
+    let dir = std::env::temp_dir().join(format!("kproxy-daemon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let fail = failing_restore_wrappers(&dir);
+
+    api.apply_node(mk_node("node-a").internal_ip("198.18.1.1").build());
+    api.apply_service(
+        mk_service("default", "web")
+            .cluster_ip("198.19.0.10")
+            .type_("LoadBalancer")
+            .node_port("http", 80, "TCP", 30100)
+            .external_traffic_policy_local()
+            .health_check_node_port(i32::from(HC_PORT))
+            .build(),
+    );
+    api.apply_slice(web_slice("node-a"));
+
+    let log = std::fs::File::create(dir.join("kproxy.log")).expect("log file");
+    let mut cmd = node.command(env!("CARGO_BIN_EXE_kproxy"));
+    cmd.args([
+        "--kubeconfig",
+        &kubeconfig.to_string_lossy(),
+        "--hostname-override",
+        "node-a",
+        "--proxy-mode",
+        "iptables",
+        "--cluster-cidr",
+        "198.18.1.0/24",
+        "--sync-period",
+        "2s",
+        "--min-sync-period",
+        "0s",
+        "--metrics-bind-address",
+        METRICS,
+        "--healthz-bind-address",
+        HEALTHZ,
+        "-v",
+        "4",
+    ])
+    .env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()))
+    .stdout(Stdio::null())
+    .stderr(log);
+    let pid = node.spawn(cmd).expect("start kproxy");
+    let show_log = || std::fs::read_to_string(dir.join("kproxy.log")).unwrap_or_default();
+
+    // Rules are programmed: a pod reaches the VIP.
+    let vip: SocketAddr = "198.19.0.10:80".parse().expect("vip");
+    let reply = topo.pod(1).wait_reply(Proto::Tcp, vip, Duration::from_secs(20));
+    assert!(reply.is_ok(), "VIP not programmed: {reply:?}\n{}", show_log());
+
+    // /metrics: promtool accepts it (bar kube-proxy's two `_total` gauges), and syncs move the histogram.
+    let count_line = "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
+    let (code, text) = wait(Duration::from_secs(10), "metrics", || get(node, METRICS, "/metrics"));
+    assert_eq!(code, 200);
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool output");
+    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    for line in complaints.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.contains("non-counter metrics should not have \"_total\" suffix")
+                && (line.contains("no_local_endpoints_total") || line.contains("iptables_total")),
+            "promtool: {line}\n{text}"
+        );
+    }
+    let before = sample(&text, count_line).expect("sync histogram present");
+    api.apply_slice(
+        mk_slice("default", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoint_on("198.18.1.10", "node-a")
+            .endpoint_on("198.18.1.11", "node-b")
+            .build(),
+    );
+    wait(Duration::from_secs(10), "the sync count to grow", || {
+        let (_, text) = get(node, METRICS, "/metrics")?;
+        (sample(&text, count_line)? > before).then_some(())
+    });
+
+    // /healthz and /livez are 200; a health-check node port reports the local endpoint.
+    assert_eq!(get(node, HEALTHZ, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(get(node, HEALTHZ, "/livez").map(|r| r.0), Some(200));
+    let addr = format!("198.18.1.1:{HC_PORT}");
+    let (code, body) = wait(Duration::from_secs(10), "health check port", || get(node, &addr, "/"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"localEndpoints\": 1"), "{body}");
+
+    // The local endpoint moves away: the health-check port says 503.
+    api.apply_slice(web_slice("node-b"));
+    wait(Duration::from_secs(10), "health check 503", || {
+        (get(node, &addr, "/")?.0 == 503).then_some(())
+    });
+
+    // Syncs get stuck (every restore fails) while a change is pending: /healthz → 503.
+    std::fs::write(&fail, "").expect("fail flag");
+    api.apply_slice(web_slice("node-a"));
+    wait(Duration::from_secs(15), "/healthz 503 while syncs fail", || {
+        (get(node, HEALTHZ, "/healthz")?.0 == 503).then_some(())
+    });
+    std::fs::remove_file(&fail).expect("clear fail flag");
+    wait(Duration::from_secs(40), "/healthz 200 after recovery", || {
+        (get(node, HEALTHZ, "/healthz")?.0 == 200).then_some(())
+    });
+    let (_, text) = get(node, METRICS, "/metrics").expect("metrics");
+    assert!(
+        sample(&text, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total").unwrap_or(0.0) >= 1.0,
+        "failures counted:\n{text}"
+    );
+
+    // Stop, then --cleanup removes every rule kproxy installed.
+    node.terminate(pid, Duration::from_secs(5));
+    let out = node
+        .exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"])
+        .expect("run cleanup");
+    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    for save in ["iptables-save", "ip6tables-save"] {
+        let dump = node.exec_ok(&[save]);
+        assert!(!dump.contains("KUBE-"), "{save} after cleanup:\n{dump}");
+    }
+    let again = node.exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"]).expect("cleanup again");
+    assert!(again.status.success(), "cleanup is idempotent");
+    let _ = std::fs::remove_dir_all(&dir);
+}
