@@ -136,7 +136,11 @@ fn full_text_with_jumps(desired: &kproxy::model::DesiredState, opts: &render::Re
         .map(|s| render::render_port(s, opts, large))
         .collect();
     let stat = render::render_static(opts);
-    let jumps: Vec<render::Jump> = render::JUMPS.iter().chain(render::FIREWALL_JUMPS.iter()).copied().collect();
+    let jumps: Vec<render::Jump> = render::JUMPS
+        .iter()
+        .chain(render::FIREWALL_JUMPS.iter())
+        .copied()
+        .collect();
     let mut text = String::new();
     render::write_tables(&mut text, &stat, &ports, &[], &jumps, true);
     text

@@ -14,9 +14,9 @@
 pub mod backend;
 pub mod cmd;
 pub mod config;
+pub mod conntrack;
 pub mod health;
 pub mod metrics;
-pub mod conntrack;
 pub mod model;
 pub mod sync;
 pub mod sys;

@@ -35,7 +35,10 @@ fn get(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Some((code, body))
     })
 }
@@ -92,7 +95,9 @@ async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
     let topo = Topology::builder().pods(2).build();
     topo.start_servers(8080, 5353);
     let node = topo.node();
-    let listener = node.tcp_listener("127.0.0.1:0".parse().expect("addr")).expect("listen in node ns");
+    let listener = node
+        .tcp_listener("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen in node ns");
     let api = TestApiServer::start_on_std(listener).await.expect("api server");
     let dir = std::env::temp_dir().join(format!("kproxy-daemon-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -134,7 +139,10 @@ async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
         "-v",
         "4",
     ])
-    .env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()))
+    .env(
+        "PATH",
+        format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()),
+    )
     .stdout(Stdio::null())
     .stderr(log);
     let pid = node.spawn(cmd).expect("start kproxy");
@@ -156,9 +164,18 @@ async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool");
-    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
     let out = promtool.wait_with_output().expect("promtool output");
-    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     for line in complaints.lines().filter(|l| !l.trim().is_empty()) {
         assert!(
             line.contains("non-counter metrics should not have \"_total\" suffix")
@@ -214,12 +231,18 @@ async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
     let out = node
         .exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"])
         .expect("run cleanup");
-    assert!(out.status.success(), "cleanup: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for save in ["iptables-save", "ip6tables-save"] {
         let dump = node.exec_ok(&[save]);
         assert!(!dump.contains("KUBE-"), "{save} after cleanup:\n{dump}");
     }
-    let again = node.exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"]).expect("cleanup again");
+    let again = node
+        .exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"])
+        .expect("cleanup again");
     assert!(again.status.success(), "cleanup is idempotent");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -69,7 +69,12 @@ impl Backend for IpvsBackend {
         }
         // kube-proxy's ipsets (KUBE-CLUSTER-IP, KUBE-LOOP-BACK, ...).
         if let Some(out) = self.run_if_present("ipset", &["list", "-n"]).filter(|o| o.status == 0) {
-            for set in out.stdout.lines().map(str::trim).filter(|s| s.starts_with(IPSET_PREFIX)) {
+            for set in out
+                .stdout
+                .lines()
+                .map(str::trim)
+                .filter(|s| s.starts_with(IPSET_PREFIX))
+            {
                 if self
                     .run_if_present("ipset", &["destroy", set])
                     .is_some_and(|o| o.status == 0)

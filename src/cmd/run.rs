@@ -36,7 +36,13 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     let model = Arc::new(Mutex::new(Model::new(node_name.clone(), SelectionOptions::default())));
     let runner = Runner::new(runner_cfg);
     let trigger = runner.trigger();
-    let mut watchers = watch::spawn(client, &node_name, model.clone(), trigger.clone(), Arc::new(metrics.clone()));
+    let mut watchers = watch::spawn(
+        client,
+        &node_name,
+        model.clone(),
+        trigger.clone(),
+        Arc::new(metrics.clone()),
+    );
     let driver = Driver::new(model, backend)
         .with_conntrack(Cleaner::new(Sys::real()))
         .with_metrics(metrics.clone());

@@ -149,61 +149,36 @@ pub fn stale_flows(changes: &ChangeSet) -> Vec<StaleFlow> {
 impl StaleFlow {
     /// `conntrack -D` arguments for this flow.
     pub fn args(&self) -> Vec<String> {
-        let fam = |ip: &IpAddr| if ip.is_ipv4() { "ipv4" } else { "ipv6" };
-        let v = |s: &str| s.to_string();
-        match self {
-            StaleFlow::VipToEndpoint {
-                protocol,
-                vip,
-                endpoint,
-            } => vec![
-                v("-D"),
-                v("-f"),
-                v(fam(vip)),
-                v("-p"),
-                v(protocol.as_lower()),
-                v("--orig-dst"),
-                vip.to_string(),
-                v("--dst-nat"),
-                endpoint.to_string(),
-            ],
-            StaleFlow::Vip { protocol, vip } => vec![
-                v("-D"),
-                v("-f"),
-                v(fam(vip)),
-                v("-p"),
-                v(protocol.as_lower()),
-                v("--orig-dst"),
-                vip.to_string(),
-            ],
-            StaleFlow::NodePortToEndpoint {
-                protocol,
-                port,
-                endpoint,
-            } => vec![
-                v("-D"),
-                v("-f"),
-                v(fam(endpoint)),
-                v("-p"),
-                v(protocol.as_lower()),
-                v("--orig-port-dst"),
-                port.to_string(),
-                v("--dst-nat"),
-                endpoint.to_string(),
-            ],
-            StaleFlow::NodePort { protocol, port, family } => vec![
-                v("-D"),
-                v("-f"),
-                v(match family {
-                    IpFamily::V4 => "ipv4",
-                    IpFamily::V6 => "ipv6",
-                }),
-                v("-p"),
-                v(protocol.as_lower()),
-                v("--orig-port-dst"),
-                port.to_string(),
-            ],
+        let (protocol, family) = match self {
+            StaleFlow::VipToEndpoint { protocol, vip, .. } | StaleFlow::Vip { protocol, vip } => {
+                (protocol, IpFamily::of(vip))
+            }
+            StaleFlow::NodePortToEndpoint { protocol, endpoint, .. } => (protocol, IpFamily::of(endpoint)),
+            StaleFlow::NodePort { protocol, family, .. } => (protocol, *family),
+        };
+        let family = match family {
+            IpFamily::V4 => "ipv4",
+            IpFamily::V6 => "ipv6",
+        };
+        let mut args: Vec<String> = ["-D", "-f", family, "-p", protocol.as_lower()]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let (dst_flag, dst, nat) = match self {
+            StaleFlow::VipToEndpoint { vip, endpoint, .. } => ("--orig-dst", vip.to_string(), Some(endpoint)),
+            StaleFlow::Vip { vip, .. } => ("--orig-dst", vip.to_string(), None),
+            StaleFlow::NodePortToEndpoint { port, endpoint, .. } => {
+                ("--orig-port-dst", port.to_string(), Some(endpoint))
+            }
+            StaleFlow::NodePort { port, .. } => ("--orig-port-dst", port.to_string(), None),
+        };
+        args.push(dst_flag.to_string());
+        args.push(dst);
+        if let Some(ep) = nat {
+            args.push("--dst-nat".to_string());
+            args.push(ep.to_string());
         }
+        args
     }
 }
 

@@ -157,3 +157,36 @@ fn cleaner_runs_conntrack_and_tolerates_no_matches() {
     assert_eq!(calls[0].program, "conntrack");
     assert_eq!(calls[0].args.join(" "), "-D -f ipv4 -p udp --orig-dst 10.96.0.10");
 }
+
+#[test]
+fn conntrack_arguments_name_vip_port_and_nat_target() {
+    let cases = [
+        (
+            StaleFlow::VipToEndpoint {
+                protocol: Protocol::Udp,
+                vip: ip("10.96.0.10"),
+                endpoint: ip("10.244.0.2"),
+            },
+            "-D -f ipv4 -p udp --orig-dst 10.96.0.10 --dst-nat 10.244.0.2",
+        ),
+        (
+            StaleFlow::NodePortToEndpoint {
+                protocol: Protocol::Sctp,
+                port: 30777,
+                endpoint: ip("fd00::9"),
+            },
+            "-D -f ipv6 -p sctp --orig-port-dst 30777 --dst-nat fd00::9",
+        ),
+        (
+            StaleFlow::NodePort {
+                protocol: Protocol::Udp,
+                port: 30053,
+                family: IpFamily::V6,
+            },
+            "-D -f ipv6 -p udp --orig-port-dst 30053",
+        ),
+    ];
+    for (flow, want) in cases {
+        assert_eq!(flow.args().join(" "), want);
+    }
+}

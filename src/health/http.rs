@@ -37,10 +37,7 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
                 let resp = handler(req.uri().path());
                 async move { Ok::<_, Infallible>(resp) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
                 debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
             }
         });
@@ -54,8 +51,10 @@ pub fn response(status: StatusCode, content_type: &str, body: String) -> HttpRes
     if let Ok(v) = header::HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
     }
-    resp.headers_mut()
-        .insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    resp.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 

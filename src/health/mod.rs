@@ -81,7 +81,11 @@ pub async fn serve_proxy_health(listener: TcpListener, health: ProxyHealth, metr
             "/livez" => (v.healthy, true),
             _ => return http::not_found(),
         };
-        let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let code = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         if let Some(m) = &metrics {
             if livez {
                 m.livez(code.as_u16());
@@ -108,7 +112,11 @@ pub async fn serve_proxy_health(listener: TcpListener, health: ProxyHealth, metr
 /// Serves `/metrics` on `listener` until dropped.
 pub async fn serve_metrics(listener: TcpListener, metrics: Metrics) {
     let handler: http::Handler = Arc::new(move |path: &str| match path {
-        "/metrics" => http::response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
+        "/metrics" => http::response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.encode(),
+        ),
         _ => http::not_found(),
     });
     http::serve(listener, handler).await;

@@ -131,7 +131,12 @@ impl ServiceHealthServer {
     /// Opens, updates and closes servers; returns whether a port could not be bound.
     pub fn sync(&mut self, ports: &[HealthCheckPort]) -> bool {
         let wanted: BTreeMap<u16, &HealthCheckPort> = ports.iter().map(|p| (p.port, p)).collect();
-        let gone: Vec<u16> = self.servers.keys().filter(|p| !wanted.contains_key(p)).copied().collect();
+        let gone: Vec<u16> = self
+            .servers
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
         for port in gone {
             if let Some(s) = self.servers.remove(&port) {
                 s.task.abort();

@@ -11,7 +11,9 @@ use crate::sync::{Runner, RunnerConfig};
 
 /// GET `path` on 127.0.0.1:`port`; returns (status, headers+body text).
 async fn get(port: u16, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = String::new();
@@ -110,7 +112,10 @@ async fn health_check_port_follows_local_endpoints() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"localEndpoints\": 2"), "{body}");
     assert!(body.contains("\"namespace\": \"ingress\""), "{body}");
-    assert!(body.to_lowercase().contains("x-load-balancing-endpoint-weight: 2"), "{body}");
+    assert!(
+        body.to_lowercase().contains("x-load-balancing-endpoint-weight: 2"),
+        "{body}"
+    );
 
     server.sync(&want(0));
     let (code, body) = get(port, "/").await;
@@ -120,7 +125,10 @@ async fn health_check_port_follows_local_endpoints() {
     server.sync(&[]);
     assert!(server.open_ports().is_empty());
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "closed when the service goes");
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "closed when the service goes"
+    );
 }
 
 #[tokio::test]

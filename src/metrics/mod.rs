@@ -365,7 +365,10 @@ impl Metrics {
 
     /// Time from an EndpointSlice change's trigger to its programming.
     pub fn network_programming(&self, family: IpFamily, seconds: f64) {
-        self.inner.programming_latency.get_or_create(&fam(family)).observe(seconds);
+        self.inner
+            .programming_latency
+            .get_or_create(&fam(family))
+            .observe(seconds);
     }
 
     pub fn healthz(&self, code: u16) {
@@ -385,7 +388,10 @@ impl Metrics {
     /// A conntrack cleanup run.
     pub fn conntrack(&self, family: IpFamily, took: Duration, deleted: usize) {
         let l = fam(family);
-        self.inner.conntrack_duration.get_or_create(&l).observe(took.as_secs_f64());
+        self.inner
+            .conntrack_duration
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
         self.inner.conntrack_deleted.get_or_create(&l).inc_by(deleted as u64);
     }
 
@@ -430,9 +436,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
             let rest = line.strip_prefix(prefix)?;
             let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
         });
         match renamed {
             Some(l) => out.push_str(&l),

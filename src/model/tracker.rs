@@ -255,7 +255,11 @@ impl Model {
                 entry.insert(key.1.clone(), info);
                 self.slice_owner.insert(key, owner.clone());
                 self.recompute(&owner, false, true);
-                let trigger = slice.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME_ANNOTATION));
+                let trigger = slice
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION));
                 if let (Some(d), Some(t)) = (self.dirty.get_mut(&owner), trigger)
                     && !d.triggers.contains(t)
                 {

@@ -19,11 +19,11 @@ use tracing::{debug, error, info};
 use std::time::SystemTime;
 
 use crate::backend::{Backend, BackendError, SyncKind, SyncStats};
+use crate::conntrack::{Cleaner, stale_flows};
 use crate::health::service::{HealthCheckPort, health_check_ports};
 use crate::metrics::Metrics;
-use crate::model::{ChangeSet, DesiredState, IpFamily};
-use crate::conntrack::{Cleaner, stale_flows};
 use crate::model::Model;
+use crate::model::{ChangeSet, DesiredState, IpFamily};
 
 /// A shared model, locked briefly by watchers and the driver.
 pub type SharedModel = Arc<Mutex<Model>>;
@@ -123,7 +123,8 @@ impl Driver {
             (model.desired(), model.changes())
         };
         let draining = desired.node.is_draining();
-        self.status.send_if_modified(|s| std::mem::replace(&mut s.node_draining, draining) != draining);
+        self.status
+            .send_if_modified(|s| std::mem::replace(&mut s.node_draining, draining) != draining);
         if let Some(m) = &self.metrics {
             m.pending(changes.service_changes, changes.endpoint_changes);
         }
@@ -190,7 +191,11 @@ impl Driver {
             model.pending()
         };
         if first {
-            info!(ports = stats.ports_total, elapsed_ms = elapsed.as_millis() as u64, "Initial sync done");
+            info!(
+                ports = stats.ports_total,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "Initial sync done"
+            );
         } else {
             debug!(
                 kind = kind_name(kind),
@@ -203,7 +208,10 @@ impl Driver {
         }
         if let Some(m) = &self.metrics {
             let now = SystemTime::now();
-            let now_unix = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            let now_unix = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
             m.sync_done(kind, &stats, elapsed, now_unix);
             m.changes_synced(changes.service_changes, changes.endpoint_changes);
             if still_pending == 0 {

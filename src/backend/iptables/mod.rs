@@ -795,7 +795,13 @@ impl Delta {
 
     /// Rule lines written, (filter, nat).
     fn rule_lines_by_table(&self) -> (usize, usize) {
-        let shared = |t: Table| self.add_shared.iter().chain(&self.del_shared).filter(|r| r.table == t).count();
+        let shared = |t: Table| {
+            self.add_shared
+                .iter()
+                .chain(&self.del_shared)
+                .filter(|r| r.table == t)
+                .count()
+        };
         let chains: usize = self.rewrite.iter().map(|c| c.rules.len()).sum();
         (shared(Table::Filter), shared(Table::Nat) + chains)
     }

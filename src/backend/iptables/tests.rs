@@ -333,12 +333,19 @@ fn large_full_syncs_on_nft_are_batched_with_shared_chains_last() {
         .collect();
     assert!(inputs.len() >= 3, "batches + final: {}", inputs.len());
     let first = &inputs[0];
-    assert!(first.starts_with("*nat\n:KUBE-MARK-MASQ - [0:0]\n"), "{}", &first[..200]);
+    assert!(
+        first.starts_with("*nat\n:KUBE-MARK-MASQ - [0:0]\n"),
+        "{}",
+        &first[..200]
+    );
     assert!(first.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000"));
     assert!(!first.contains("KUBE-SERVICES"), "dispatch only in the last input");
     let last = inputs.last().expect("final input");
     assert!(last.contains(":KUBE-SERVICES - [0:0]"));
-    assert!(!last.contains(":KUBE-SVC-"), "service chains were written by the batches");
+    assert!(
+        !last.contains(":KUBE-SVC-"),
+        "service chains were written by the batches"
+    );
     for input in &inputs[..inputs.len() - 1] {
         assert!(input.matches(":KUBE-").count() <= NFT_BATCH_CHAINS + 1);
     }
