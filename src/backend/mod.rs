@@ -132,7 +132,10 @@ pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Bo
 /// The backends of every mode but `mode`: their leftovers are removed when
 /// kproxy starts, as kube-proxy does when it starts in one mode.
 pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
-    all_backends(cfg, sys).into_iter().filter(|b| b.mode() != cfg.mode).collect()
+    all_backends(cfg, sys)
+        .into_iter()
+        .filter(|b| b.mode() != cfg.mode)
+        .collect()
 }
 
 fn iptables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> iptables::IptablesBackend {
