@@ -22,6 +22,7 @@
 
 pub mod iptables;
 pub mod ipvs;
+pub mod nftables;
 pub mod recording;
 pub mod table;
 
@@ -110,6 +111,7 @@ pub trait Backend: Send {
 pub fn for_mode(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Result<Box<dyn Backend>, BackendError> {
     match cfg.mode {
         ProxyMode::Iptables => Ok(Box::new(iptables_backend(cfg, sys))),
+        ProxyMode::Nftables => Ok(Box::new(nftables_backend(cfg, sys))),
         mode => Err(BackendError::Unavailable(mode, "not implemented yet".into())),
     }
 }
@@ -125,6 +127,7 @@ pub fn renderer(cfg: &crate::config::Config) -> Option<Box<dyn Backend>> {
 pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
     vec![
         Box::new(iptables_backend(cfg, sys.clone())),
+        Box::new(nftables_backend(cfg, sys.clone())),
         Box::new(ipvs::IpvsBackend::new(sys)),
     ]
 }
@@ -136,6 +139,11 @@ pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box
         .into_iter()
         .filter(|b| b.mode() != cfg.mode)
         .collect()
+}
+
+fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {
+    // The kernel version (delayed deletion of stale chains) is read at the first sync.
+    nftables::NftablesBackend::new(sys, nftables::Settings::from_config(cfg), None)
 }
 
 fn iptables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> iptables::IptablesBackend {

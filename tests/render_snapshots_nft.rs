@@ -1,0 +1,71 @@
+//! Snapshot test of `kproxy render --proxy-mode nftables` for the example
+//! manifests, and a check that nft itself accepts the rendered script.
+//!
+//! Regenerate after an intended change with `UPDATE_SNAPSHOTS=1 cargo test
+//! --test render_snapshots_nft`, and review the diff.
+#![allow(clippy::disallowed_types)] // tests run tools directly
+
+#[path = "support/netns.rs"]
+mod netns;
+
+use std::path::PathBuf;
+
+use kproxy::config::{Cli, Command, Config};
+
+const ARGS: [&str; 4] = ["--proxy-mode", "nftables", "--cluster-cidr", "10.244.0.0/16"];
+
+fn render(args: &[&str]) -> String {
+    let mut argv = vec!["kproxy", "render", "--manifests"];
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/examples");
+    let dir = dir.to_string_lossy().to_string();
+    argv.push(&dir);
+    argv.extend_from_slice(args);
+    let cli = <Cli as clap::Parser>::try_parse_from(argv).expect("flags");
+    let Some(Command::Render(render_args)) = cli.command else {
+        panic!("render subcommand")
+    };
+    let cfg = Config::from_flags(&render_args.flags).expect("config");
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let mut out = Vec::new();
+    rt.block_on(kproxy::cmd::render::run(&render_args, &cfg, &mut out))
+        .expect("render");
+    String::from_utf8(out).expect("utf8")
+}
+
+fn check_snapshot(name: &str, got: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, got).expect("write snapshot");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        want == got,
+        "snapshot {name} differs; rerun with UPDATE_SNAPSHOTS=1 and review.\n--- want\n{want}\n--- got\n{got}"
+    );
+}
+
+#[test]
+fn nftables_script_for_the_examples() {
+    check_snapshot("nftables-examples.nft", &render(&ARGS));
+}
+
+#[test]
+fn nft_accepts_the_rendered_script() {
+    if !netns::require_root_tools(&["nft"]) {
+        return;
+    }
+    let text = render(&ARGS);
+    let ns = netns::Netns::new("render-nft").expect("netns");
+    // -c parses and checks every command against the kernel without committing.
+    let out = ns
+        .exec_with_input(&["nft", "-c", "-f", "-"], text.as_bytes())
+        .expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft -c refused the script: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
