@@ -45,7 +45,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     );
     let driver = Driver::new(model, backend)
         .with_conntrack(Cleaner::new(Sys::real()))
-        .with_metrics(metrics.clone());
+        .with_metrics(metrics.clone())
+        .with_trigger(trigger.clone());
 
     // kube-proxy's health timeout: two sync periods.
     let health = ProxyHealth::new(driver.status(), trigger, cfg.sync_period * 2);

@@ -28,6 +28,7 @@ pub mod endpoints;
 pub mod node;
 pub mod selection;
 pub mod service;
+pub mod synth;
 pub mod tracker;
 pub mod types;
 

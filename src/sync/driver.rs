@@ -24,6 +24,7 @@ use crate::health::service::{HealthCheckPort, health_check_ports};
 use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::model::{ChangeSet, DesiredState, IpFamily};
+use crate::sync::Trigger;
 
 /// A shared model, locked briefly by watchers and the driver.
 pub type SharedModel = Arc<Mutex<Model>>;
@@ -55,6 +56,7 @@ pub struct Driver {
     conntrack: Option<Cleaner>,
     metrics: Option<Metrics>,
     hc_ports: Arc<watch::Sender<Vec<HealthCheckPort>>>,
+    trigger: Option<Trigger>,
 }
 
 fn kind_name(kind: SyncKind) -> &'static str {
@@ -91,7 +93,16 @@ impl Driver {
             conntrack: None,
             metrics: None,
             hc_ports: Arc::new(hc_ports),
+            trigger: None,
         }
+    }
+
+    /// Requests another sync when changes are still pending after one
+    /// succeeds (e.g. a change reverted while its sync was running: the
+    /// watcher saw nothing pending then, and the ack re-marks it).
+    pub fn with_trigger(mut self, trigger: Trigger) -> Self {
+        self.trigger = Some(trigger);
+        self
     }
 
     /// Deletes stale UDP conntrack entries after each successful sync.
@@ -190,6 +201,11 @@ impl Driver {
             model.ack(changes);
             model.pending()
         };
+        if still_pending > 0
+            && let Some(t) = &self.trigger
+        {
+            t.request();
+        }
         if first {
             info!(
                 ports = stats.ports_total,

@@ -215,3 +215,62 @@ async fn driver_sends_only_changed_ports_in_partial_syncs() {
         "the backend always sees the full desired state"
     );
 }
+
+/// A backend that, while syncing, reverts the web slice to what was
+/// programmed before: the race behind a change that never went live.
+struct RevertingBackend {
+    model: SharedModel,
+    revert_to: Option<k8s_openapi::api::discovery::v1::EndpointSlice>,
+}
+
+impl crate::backend::Backend for RevertingBackend {
+    fn mode(&self) -> crate::config::ProxyMode {
+        crate::config::ProxyMode::Iptables
+    }
+    fn sync(
+        &mut self,
+        _: &crate::model::DesiredState,
+        _: &crate::model::ChangeSet,
+        _: SyncKind,
+    ) -> Result<crate::backend::SyncStats, crate::backend::BackendError> {
+        if let Some(slice) = self.revert_to.take() {
+            lock(&self.model).apply_slice(&slice);
+        }
+        Ok(crate::backend::SyncStats::default())
+    }
+    fn render(&self, _: &crate::model::DesiredState) -> String {
+        String::new()
+    }
+    fn cleanup(&mut self) -> Result<(), crate::backend::BackendError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_change_reverted_during_its_sync_gets_another_sync() {
+    let model = model_with_web();
+    let original = mk_slice("default", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .endpoint("10.244.0.5")
+        .build();
+    {
+        let mut m = lock(&model);
+        let all = m.changes();
+        m.ack(&all);
+        m.apply_slice(
+            &mk_slice("default", "web-1", "web")
+                .port("http", 8080, "TCP")
+                .endpoint("10.244.0.6")
+                .build(),
+        );
+    }
+    let backend = RevertingBackend {
+        model: model.clone(),
+        revert_to: Some(original),
+    };
+    let trigger = Trigger::default();
+    let driver = Driver::new(model.clone(), Box::new(backend)).with_trigger(trigger.clone());
+    assert!(driver.sync(SyncKind::Partial).await);
+    assert_eq!(lock(&model).pending(), 1, "the revert is pending again after the ack");
+    assert!(trigger.queued_since().is_some(), "and a sync was requested for it");
+}
