@@ -1,5 +1,6 @@
-//! Snapshot tests of `kproxy render` for the example manifests, and a check
-//! that the kernel's own loader accepts the rendered rules.
+//! Snapshot tests of `kproxy render` for the example manifests, in every
+//! mode that renders rules, and checks that the kernel's own loaders
+//! (`iptables-restore --test`, `nft -c`) accept them.
 //!
 //! Regenerate after an intended change with `UPDATE_SNAPSHOTS=1 cargo test
 //! --test render_snapshots`, and review the diff.
@@ -71,6 +72,31 @@ fn iptables_restore_accepts_the_rendered_rules() {
     assert!(
         out.status.success(),
         "iptables-restore --test refused the rules: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const NFT_ARGS: [&str; 4] = ["--proxy-mode", "nftables", "--cluster-cidr", "10.244.0.0/16"];
+
+#[test]
+fn nftables_script_for_the_examples() {
+    check_snapshot("nftables-examples.nft", &render(&NFT_ARGS));
+}
+
+#[test]
+fn nft_accepts_the_rendered_script() {
+    if !netns::require_root_tools(&["nft"]) {
+        return;
+    }
+    let text = render(&NFT_ARGS);
+    let ns = netns::Netns::new("render-nft").expect("netns");
+    // -c parses and checks every command against the kernel without committing.
+    let out = ns
+        .exec_with_input(&["nft", "-c", "-f", "-"], text.as_bytes())
+        .expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft -c refused the script: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

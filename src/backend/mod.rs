@@ -158,3 +158,12 @@ fn iptables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> iptabl
     }
     iptables::IptablesBackend::new(sys, settings, None)
 }
+
+/// A fingerprint of a chain's rules, so backends remember what they
+/// programmed without keeping the text (memory at scale).
+pub(crate) fn hash_rules(rules: &[String]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    rules.hash(&mut h);
+    h.finish()
+}

@@ -24,10 +24,9 @@ pub mod render;
 #[cfg(test)]
 mod tests;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -37,7 +36,7 @@ use self::render::{
     FIREWALL_JUMPS, JUMPS, Jump, NodePortTargets, PortRules, RenderOpts, SharedRule, Table, is_large, render_port,
     render_static, write_tables,
 };
-use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats};
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, hash_rules};
 use crate::config::{Config, NodePortAddresses, ProxyMode};
 use crate::model::{ChangeSet, DesiredState, IpFamily, NodeInfo, ServicePortName};
 use crate::sys::Sys;
@@ -258,12 +257,6 @@ impl ProgrammedPort {
             no_local_external: rules.no_local_external,
         }
     }
-}
-
-fn hash_rules(rules: &[String]) -> u64 {
-    let mut h = DefaultHasher::new();
-    rules.hash(&mut h);
-    h.finish()
 }
 
 // === impl IptablesBackend ===

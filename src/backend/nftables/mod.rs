@@ -29,10 +29,9 @@ pub mod render;
 #[cfg(test)]
 mod tests;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -43,7 +42,7 @@ use self::render::{
     AffinitySet, Chain, Element, MAPS, NodePortTargets, PortObjects, RenderOpts, Writer, render_port, render_static,
     write_ports,
 };
-use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats};
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, hash_rules};
 use crate::config::{Config, NodePortAddresses, ProxyMode};
 use crate::model::{ChangeSet, DesiredState, IpFamily, NodeInfo, ServicePortName};
 use crate::sys::Sys;
@@ -201,12 +200,6 @@ impl ProgrammedPort {
             no_local_external: objects.no_local_external,
         }
     }
-}
-
-fn hash_rules(rules: &[String]) -> u64 {
-    let mut h = DefaultHasher::new();
-    rules.hash(&mut h);
-    h.finish()
 }
 
 // === impl FamilyState ===
