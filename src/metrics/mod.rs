@@ -8,8 +8,9 @@
 //! There are no statics: a [`Metrics`] handle is created once and passed to
 //! whoever observes. Two kube-proxy gauges end in `_total`
 //! (`…_no_local_endpoints_total`, `…_iptables_total`); they keep their names
-//! for compatibility, although Prometheus' linter prefers that suffix for
-//! counters only.
+//! for compatibility and are declared `untyped` in the exposition, since
+//! Prometheus' linter reserves that suffix for counters (queries and
+//! dashboards see the same names and values).
 
 pub mod process;
 
@@ -421,7 +422,8 @@ impl crate::watch::WatchObserver for Metrics {
 
 /// Converts prometheus-client's OpenMetrics text to the Prometheus text
 /// format: counter families are named with their `_total` suffix (as their
-/// samples are) and the `# EOF` / `# UNIT` lines go.
+/// samples are), gauges named `…_total` become `untyped`, and the `# EOF` /
+/// `# UNIT` lines go.
 pub fn to_prometheus_text(openmetrics: &str) -> String {
     let lines: Vec<&str> = openmetrics.lines().collect();
     let counters: std::collections::HashSet<&str> = lines
@@ -438,7 +440,12 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
             let (name, tail) = rest.split_once(' ')?;
             counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
         });
-        match renamed {
+        let retyped = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" gauge"))
+            .filter(|name| name.ends_with("_total"))
+            .map(|name| format!("# TYPE {name} untyped"));
+        match renamed.or(retyped) {
             Some(l) => out.push_str(&l),
             None => out.push_str(line),
         }
