@@ -167,3 +167,52 @@ pub(crate) fn hash_rules(rules: &[String]) -> u64 {
     rules.hash(&mut h);
     h.finish()
 }
+
+/// The addresses one IP family's rules are built from, shared by the
+/// iptables and nftables backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FamilyAddresses {
+    /// The node's addresses of this family.
+    pub node_ips: Vec<std::net::IpAddr>,
+    /// Where NodePorts are accepted: None means every local address.
+    pub nodeport_ips: Option<Vec<std::net::IpAddr>>,
+    /// Cluster (pod) CIDRs of this family.
+    pub local_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// Resolves `--nodeport-addresses`, the node's IPs and `--cluster-cidr`
+/// for `family`. `loopback` false leaves loopback addresses out (nftables
+/// mode has no localhost NodePorts).
+pub fn family_addresses(
+    family: crate::model::IpFamily,
+    node: &crate::model::NodeInfo,
+    cluster_cidrs: &[ipnet::IpNet],
+    nodeport_addresses: &crate::config::NodePortAddresses,
+    local_addrs: &[std::net::IpAddr],
+    loopback: bool,
+) -> FamilyAddresses {
+    use crate::config::NodePortAddresses;
+    use crate::model::IpFamily;
+    let wanted = |ip: &std::net::IpAddr| IpFamily::of(ip) == family && (loopback || !ip.is_loopback());
+    let node_ips: Vec<std::net::IpAddr> = node.addresses.iter().copied().filter(wanted).collect();
+    let nodeport_ips = match nodeport_addresses {
+        NodePortAddresses::All => None,
+        NodePortAddresses::Primary => Some(node_ips.clone()),
+        NodePortAddresses::Cidrs(nets) => Some(
+            local_addrs
+                .iter()
+                .copied()
+                .filter(|ip| wanted(ip) && nets.iter().any(|n| n.contains(ip)))
+                .collect(),
+        ),
+    };
+    FamilyAddresses {
+        node_ips,
+        nodeport_ips,
+        local_cidrs: cluster_cidrs
+            .iter()
+            .copied()
+            .filter(|n| IpFamily::of_net(n) == family)
+            .collect(),
+    }
+}

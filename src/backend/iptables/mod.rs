@@ -36,7 +36,7 @@ use self::render::{
     FIREWALL_JUMPS, JUMPS, Jump, NodePortTargets, PortRules, RenderOpts, SharedRule, Table, is_large, render_port,
     render_static, write_tables,
 };
-use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, hash_rules};
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, family_addresses, hash_rules};
 use crate::config::{Config, NodePortAddresses, ProxyMode};
 use crate::model::{ChangeSet, DesiredState, IpFamily, NodeInfo, ServicePortName};
 use crate::sys::Sys;
@@ -196,37 +196,25 @@ impl Settings {
 
     /// Rendering options for one family on this node.
     pub fn render_opts(&self, family: IpFamily, node: &NodeInfo, local_addrs: &[IpAddr]) -> RenderOpts {
-        let node_ips: Vec<IpAddr> = node
-            .addresses
-            .iter()
-            .copied()
-            .filter(|ip| IpFamily::of(ip) == family)
-            .collect();
-        let nodeports = match &self.nodeport_addresses {
-            NodePortAddresses::All => NodePortTargets::AllLocal,
-            NodePortAddresses::Primary => NodePortTargets::Ips(node_ips.clone()),
-            NodePortAddresses::Cidrs(nets) => NodePortTargets::Ips(
-                local_addrs
-                    .iter()
-                    .copied()
-                    .filter(|ip| IpFamily::of(ip) == family && nets.iter().any(|n| n.contains(ip)))
-                    .collect(),
-            ),
-        };
+        let addrs = family_addresses(
+            family,
+            node,
+            &self.cluster_cidrs,
+            &self.nodeport_addresses,
+            local_addrs,
+            true,
+        );
         RenderOpts {
             family,
             masquerade_mark: self.masquerade_mark,
             masquerade_all: self.masquerade_all,
-            local_cidrs: self
-                .cluster_cidrs
-                .iter()
-                .copied()
-                .filter(|n| IpFamily::of_net(n) == family)
-                .collect(),
-            nodeports,
+            local_cidrs: addrs.local_cidrs,
+            nodeports: addrs
+                .nodeport_ips
+                .map_or(NodePortTargets::AllLocal, NodePortTargets::Ips),
             localhost_nodeports: self.localhost_nodeports,
             conntrack_liberal: self.conntrack_liberal,
-            node_ips,
+            node_ips: addrs.node_ips,
         }
     }
 

@@ -42,7 +42,7 @@ use self::render::{
     AffinitySet, Chain, Element, MAPS, NodePortTargets, PortObjects, RenderOpts, Writer, render_port, render_static,
     write_ports,
 };
-use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, hash_rules};
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, family_addresses, hash_rules};
 use crate::config::{Config, NodePortAddresses, ProxyMode};
 use crate::model::{ChangeSet, DesiredState, IpFamily, NodeInfo, ServicePortName};
 use crate::sys::Sys;
@@ -150,32 +150,23 @@ impl Settings {
     /// never accept NodePorts (kube-proxy's nftables mode has no localhost
     /// NodePorts).
     pub fn render_opts(&self, family: IpFamily, node: &NodeInfo, local_addrs: &[IpAddr]) -> RenderOpts {
-        let of_family = |ip: &&IpAddr| IpFamily::of(ip) == family && !ip.is_loopback();
-        let node_ips: Vec<IpAddr> = node.addresses.iter().filter(of_family).copied().collect();
-        let nodeports = match &self.nodeport_addresses {
-            NodePortAddresses::All => NodePortTargets::AllLocal,
-            NodePortAddresses::Primary => NodePortTargets::Ips(node_ips.clone()),
-            NodePortAddresses::Cidrs(nets) => NodePortTargets::Ips(
-                local_addrs
-                    .iter()
-                    .filter(of_family)
-                    .filter(|ip| nets.iter().any(|n| n.contains(*ip)))
-                    .copied()
-                    .collect(),
-            ),
-        };
+        let addrs = family_addresses(
+            family,
+            node,
+            &self.cluster_cidrs,
+            &self.nodeport_addresses,
+            local_addrs,
+            false,
+        );
         RenderOpts {
             family,
             masquerade_mark: self.masquerade_mark,
             masquerade_all: self.masquerade_all,
-            local_cidrs: self
-                .cluster_cidrs
-                .iter()
-                .copied()
-                .filter(|n| IpFamily::of_net(n) == family)
-                .collect(),
-            nodeports,
-            node_ips,
+            local_cidrs: addrs.local_cidrs,
+            nodeports: addrs
+                .nodeport_ips
+                .map_or(NodePortTargets::AllLocal, NodePortTargets::Ips),
+            node_ips: addrs.node_ips,
         }
     }
 }
