@@ -261,3 +261,11 @@ pub fn bare_plan_context(family: IpFamily) -> crate::model::PlanContext {
         ..Default::default()
     }
 }
+
+/// The families a full render prints: IPv4 always (its static rules exist
+/// even without services), IPv6 when a service port has an IPv6 address.
+pub(crate) fn rendered_families(desired: &DesiredState) -> impl Iterator<Item = IpFamily> + '_ {
+    IpFamily::ALL
+        .into_iter()
+        .filter(|f| *f == IpFamily::V4 || desired.ports_of(*f).next().is_some())
+}

@@ -41,8 +41,8 @@ mod tests;
 pub use endpoints::{SERVICE_NAME_LABEL, ServiceEndpoints, SliceInfo, SliceSkip, merge_slices, slice_service};
 pub use node::NodeInfo;
 pub use plan::{
-    ClusterIpMasquerade, Firewall, FirewallScope, HealthCheckPort, Masquerade, PlanContext, PortPlan, Refusal, Route,
-    health_check_ports,
+    ClusterIpMasquerade, Firewall, FirewallScope, HealthCheckPort, Masquerade, NoLocal, Part, PlanContext, PortPlan,
+    Refusal, Route, health_check_ports,
 };
 pub use selection::{EndpointSelection, SelectionOptions, select_endpoints};
 pub use service::{ServiceSkip, service_name, service_ports};

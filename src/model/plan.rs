@@ -110,6 +110,30 @@ pub struct PortPlan<'a> {
     pub health_check_node_port: u16,
 }
 
+/// Which traffic classes of a port are dropped for lack of a local
+/// endpoint, for `kubeproxy_sync_proxy_rules_no_local_endpoints_total`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NoLocal {
+    /// Local internal policy, no local endpoint.
+    pub internal: bool,
+    /// Local external policy on an external port, no local endpoint.
+    pub external: bool,
+}
+
+/// One part a datapath builds for a service port, beyond its dispatch
+/// entries: see [`PortPlan::parts`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part<'p> {
+    /// The external dispatch (kube-proxy's `KUBE-EXT-*` / `external-*`):
+    /// masquerade and short-circuit, then the external route.
+    External,
+    /// The load-balancer source-range firewall.
+    Firewall(&'p Firewall),
+    /// The balancing group of a forwarding route (`KUBE-SVC-*` /
+    /// `KUBE-SVL-*`, `service-*` / `local-*`, a set of real servers).
+    Endpoints(Route),
+}
+
 /// The load-balancer source-range firewall of one port and family: traffic
 /// to the port's LB IPs from any other source is dropped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -277,6 +301,39 @@ impl<'a> PortPlan<'a> {
     /// Whether a datapath programs the node-local endpoint group.
     pub fn uses_local_endpoints(&self) -> bool {
         !self.local.is_empty() && self.state.port.uses_local_endpoints()
+    }
+
+    /// The parts a datapath builds for this port, in kube-proxy's order:
+    /// the external dispatch, the firewall, then one balancing group per
+    /// endpoint set in use (cluster, then local).
+    pub fn parts(&self) -> Vec<Part<'_>> {
+        let mut parts = Vec::new();
+        if self.dispatches_external() {
+            parts.push(Part::External);
+        }
+        if let Some(fw) = &self.firewall {
+            parts.push(Part::Firewall(fw));
+        }
+        if self.uses_cluster_endpoints() {
+            parts.push(Part::Endpoints(Route::Cluster));
+        }
+        if self.uses_local_endpoints() {
+            parts.push(Part::Endpoints(Route::Local));
+        }
+        parts
+    }
+
+    /// Both no-local-endpoint flags.
+    pub fn no_local(&self) -> NoLocal {
+        NoLocal {
+            internal: self.no_local_internal(),
+            external: self.no_local_external(),
+        }
+    }
+
+    /// The parts, each mapped by `f` (a mode's objects for them).
+    pub fn map_parts<T>(&self, f: impl FnMut(Part<'_>) -> T) -> Vec<T> {
+        self.parts().into_iter().map(f).collect()
     }
 
     /// Internal traffic is dropped: Local internal policy, no local endpoint

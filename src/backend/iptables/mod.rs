@@ -39,7 +39,7 @@ pub use super::settings::Settings;
 use super::settings::{error_context, number_after};
 use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, ToolFailure, hash_rules, local_addresses};
 use crate::config::{NodePortAddresses, ProxyMode};
-use crate::model::{ChangeSet, DesiredState, IpFamily, ServicePortName};
+use crate::model::{ChangeSet, DesiredState, IpFamily, NoLocal, ServicePortName};
 use crate::sys::Sys;
 
 /// Above this many changed service ports a partial sync is done as a full one.
@@ -103,8 +103,8 @@ impl Programmed {
                     Table::Nat => nat += 1,
                 }
             }
-            internal += usize::from(p.no_local_internal);
-            external += usize::from(p.no_local_external);
+            internal += usize::from(p.no_local.internal);
+            external += usize::from(p.no_local.external);
         }
         FamilyStats {
             family,
@@ -124,8 +124,7 @@ struct ProgrammedPort {
     chains: BTreeMap<String, u64>,
     shared: Vec<SharedRule>,
     nat_rules: usize,
-    no_local_internal: bool,
-    no_local_external: bool,
+    no_local: NoLocal,
 }
 
 /// Per-family state.
@@ -192,8 +191,7 @@ impl ProgrammedPort {
                 .collect(),
             shared: rules.shared.clone(),
             nat_rules: rules.chains.iter().map(|c| c.rules.len()).sum(),
-            no_local_internal: rules.no_local_internal,
-            no_local_external: rules.no_local_external,
+            no_local: rules.no_local,
         }
     }
 }
@@ -645,10 +643,7 @@ impl Backend for IptablesBackend {
 
     fn render(&self, desired: &DesiredState) -> String {
         let mut out = String::new();
-        for family in IpFamily::ALL {
-            if family == IpFamily::V6 && desired.ports_of(family).next().is_none() {
-                continue;
-            }
+        for family in super::rendered_families(desired) {
             let opts = self.settings.render_opts(family, &desired.node, &[], true);
             if family == IpFamily::V6 {
                 out.push_str("# ip6tables-restore input\n");

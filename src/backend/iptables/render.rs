@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use super::names::{self, PortChains, sep_chain};
 pub use crate::backend::settings::{NodePortTargets, RenderOpts};
 use crate::model::{
-    ClusterIpMasquerade, DesiredState, Endpoint, FirewallScope, IpFamily, PortPlan, Refusal, Route, ServicePortState,
+    ClusterIpMasquerade, DesiredState, Endpoint, FirewallScope, IpFamily, NoLocal, Part, PortPlan, Refusal, Route,
+    ServicePortState,
 };
 
 /// Above this many endpoints (in one family), rule comments on endpoint
@@ -39,10 +40,8 @@ pub struct PortRules {
     pub chains: Vec<Chain>,
     /// Rules in shared chains: (table, chain, rule body).
     pub shared: Vec<SharedRule>,
-    /// Internal traffic is dropped: Local policy, no local endpoints.
-    pub no_local_internal: bool,
-    /// External traffic is dropped: Local policy, no local endpoints.
-    pub no_local_external: bool,
+    /// Traffic classes dropped for lack of a local endpoint (metrics).
+    pub no_local: NoLocal,
 }
 
 /// A rule in a chain shared by all services.
@@ -338,8 +337,7 @@ pub fn render_port(state: &ServicePortState, opts: &RenderOpts, large: bool) -> 
     };
     let plan = &p.plan;
     let mut out = PortRules {
-        no_local_internal: plan.no_local_internal(),
-        no_local_external: plan.no_local_external(),
+        no_local: plan.no_local(),
         ..PortRules::default()
     };
     cluster_ip_rules(&p, &mut out);
@@ -347,18 +345,11 @@ pub fn render_port(state: &ServicePortState, opts: &RenderOpts, large: bool) -> 
     load_balancer_rules(&p, &mut out);
     node_port_rules(&p, &mut out);
     health_check_rules(&p, &mut out);
-    if plan.dispatches_external() {
-        out.chains.push(external_chain(&p));
-    }
-    if let Some(fw) = &plan.firewall {
-        out.chains.push(firewall_chain(&p, fw));
-    }
-    if plan.uses_cluster_endpoints() {
-        out.chains.push(policy_chain(&p, Route::Cluster));
-    }
-    if plan.uses_local_endpoints() {
-        out.chains.push(policy_chain(&p, Route::Local));
-    }
+    out.chains = plan.map_parts(|part| match part {
+        Part::External => external_chain(&p),
+        Part::Firewall(fw) => firewall_chain(&p, fw),
+        Part::Endpoints(route) => policy_chain(&p, route),
+    });
     for ep in plan.reachable {
         out.chains.push(endpoint_chain(&p, ep));
     }

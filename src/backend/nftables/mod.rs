@@ -43,7 +43,7 @@ pub use super::settings::Settings;
 use super::settings::{error_context, number_after};
 use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, ToolFailure, hash_rules, local_addresses};
 use crate::config::ProxyMode;
-use crate::model::{ChangeSet, DesiredState, IpFamily, ServicePortName};
+use crate::model::{ChangeSet, DesiredState, IpFamily, NoLocal, ServicePortName};
 use crate::sys::Sys;
 
 /// The loader.
@@ -75,8 +75,7 @@ struct ProgrammedPort {
     sets: BTreeMap<String, u32>,
     elements: Vec<ElementKey>,
     /// Local policy without local endpoints (for metrics).
-    no_local_internal: bool,
-    no_local_external: bool,
+    no_local: NoLocal,
 }
 
 /// What is known to be programmed in one family's table.
@@ -140,8 +139,7 @@ impl ProgrammedPort {
                 .map(|s| (s.name.clone(), s.timeout_seconds))
                 .collect(),
             elements: objects.elements.iter().map(|e| (e.container, e.key.clone())).collect(),
-            no_local_internal: objects.no_local_internal,
-            no_local_external: objects.no_local_external,
+            no_local: objects.no_local,
         }
     }
 }
@@ -173,7 +171,7 @@ impl FamilyState {
 
     /// Records `port` as programmed for `name` (None: gone).
     fn set_port(&mut self, name: ServicePortName, port: Option<ProgrammedPort>) {
-        let count = |p: &ProgrammedPort| (usize::from(p.no_local_internal), usize::from(p.no_local_external));
+        let count = |p: &ProgrammedPort| (usize::from(p.no_local.internal), usize::from(p.no_local.external));
         let old = match port {
             Some(p) => {
                 let (i, e) = count(&p);
@@ -552,10 +550,7 @@ impl Backend for NftablesBackend {
 
     fn render(&self, desired: &DesiredState) -> String {
         let mut out = String::new();
-        for family in IpFamily::ALL {
-            if family == IpFamily::V6 && desired.ports_of(family).next().is_none() {
-                continue;
-            }
+        for family in super::rendered_families(desired) {
             let opts = self.settings.render_opts(family, &desired.node, &[], false);
             out.push_str(&render::render_full(desired, &opts));
         }

@@ -19,8 +19,8 @@ use std::net::IpAddr;
 use super::names::{self, PortChains, affinity_set};
 pub use crate::backend::settings::{NodePortTargets, RenderOpts};
 use crate::model::{
-    ClusterIpMasquerade, DesiredState, Endpoint, Firewall, FirewallScope, IpFamily, PortPlan, Refusal, Route,
-    ServicePortState,
+    ClusterIpMasquerade, DesiredState, Endpoint, Firewall, FirewallScope, IpFamily, NoLocal, Part, PortPlan, Refusal,
+    Route, ServicePortState,
 };
 
 /// Elements per `add element` command in a full sync (keeps each command,
@@ -103,10 +103,8 @@ pub struct PortObjects {
     pub chains: Vec<Chain>,
     pub sets: Vec<AffinitySet>,
     pub elements: Vec<Element>,
-    /// Internal traffic is dropped: Local policy, no local endpoints.
-    pub no_local_internal: bool,
-    /// External traffic is dropped: Local policy, no local endpoints.
-    pub no_local_external: bool,
+    /// Traffic classes dropped for lack of a local endpoint (metrics).
+    pub no_local: NoLocal,
 }
 
 /// kube-proxy's base chains, hooks and priorities.
@@ -550,26 +548,18 @@ pub fn render_port(state: &ServicePortState, opts: &RenderOpts) -> PortObjects {
     };
     let plan = &p.plan;
     let mut out = PortObjects {
-        no_local_internal: plan.no_local_internal(),
-        no_local_external: plan.no_local_external(),
+        no_local: plan.no_local(),
         ..PortObjects::default()
     };
     cluster_ip_elements(&p, &mut out);
     external_ip_elements(&p, &mut out);
     load_balancer_elements(&p, &mut out);
     node_port_elements(&p, &mut out);
-    if plan.dispatches_external() {
-        out.chains.push(external_chain(&p));
-    }
-    if let Some(fw) = &plan.firewall {
-        out.chains.push(firewall_chain(&p, fw));
-    }
-    if plan.uses_cluster_endpoints() {
-        out.chains.push(policy_chain(&p, Route::Cluster));
-    }
-    if plan.uses_local_endpoints() {
-        out.chains.push(policy_chain(&p, Route::Local));
-    }
+    out.chains = plan.map_parts(|part| match part {
+        Part::External => external_chain(&p),
+        Part::Firewall(fw) => firewall_chain(&p, fw),
+        Part::Endpoints(route) => policy_chain(&p, route),
+    });
     for ep in plan.reachable {
         let key = format!("{} . {}", ep.ip, ep.ip);
         out.elements.push(Element::new(names::HAIRPIN, key, None));
