@@ -28,7 +28,7 @@ use std::net::IpAddr;
 
 use tracing::{debug, warn};
 
-use crate::model::{ChangeSet, IpFamily, Protocol, ServicePortState};
+use crate::model::{ChangeSet, IpFamily, PlanContext, PortPlan, Protocol, ServicePortState};
 use crate::sys::Sys;
 
 /// One set of conntrack entries to delete.
@@ -85,7 +85,18 @@ impl Programmed {
         };
         Self {
             vips: s.port.vips(family).into_iter().map(|v| v.ip()).collect(),
-            endpoints: s.family(family).selection.reachable.iter().map(|e| e.ip).collect(),
+            // What the plan forwards to (the same for every mode).
+            endpoints: PortPlan::new(
+                s,
+                &PlanContext {
+                    family,
+                    ..PlanContext::default()
+                },
+            )
+            .reachable
+            .iter()
+            .map(|e| e.ip)
+            .collect(),
             node_port: s.port.node_port,
         }
     }
