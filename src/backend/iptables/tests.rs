@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::model::builders::{mk_service, mk_slice};
+use crate::model::synth::{self, Mix, SynthParams};
 use crate::model::{Model, SelectionOptions};
 use crate::sys::{CommandOutput, FakeCall, FakeRunner};
 
@@ -66,21 +67,15 @@ fn web(eps: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
 
 fn model_with(n: usize) -> Model {
     let mut m = Model::new("node-a", SelectionOptions::default());
-    for i in 0..n {
-        let name = format!("svc{i}");
-        m.apply_service(
-            &mk_service("default", &name)
-                .cluster_ip(&format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1))
-                .port("http", 80, "TCP")
-                .build(),
-        );
-        m.apply_slice(
-            &mk_slice("default", &format!("{name}-1"), &name)
-                .port("http", 8080, "TCP")
-                .endpoint(&format!("10.244.{}.{}", 1 + i / 250, i % 250 + 1))
-                .build(),
-        );
-    }
+    let filler = synth::generate(&SynthParams {
+        mix: Mix::ClusterIpOnly,
+        namespace: "default".to_string(),
+        vip_base: "10.96.1.1".parse().expect("ip"),
+        endpoint_base: "10.244.1.1".parse().expect("ip"),
+        ..SynthParams::new(n, 1)
+    });
+    m.reset_services(&filler.services);
+    m.reset_slices(&filler.slices);
     m.apply_service(
         &mk_service("default", "web")
             .cluster_ip("10.96.0.10")
@@ -194,7 +189,7 @@ fn new_and_deleted_services_edit_shared_chains_rule_by_rule() {
             .port("http", 80, "TCP")
             .build(),
     );
-    m.delete_service(&crate::model::ServiceName::new("default", "svc0"));
+    m.delete_service(&crate::model::ServiceName::new("default", "svc-00000"));
     sync(&mut b, &mut m, SyncKind::Partial).expect("partial");
     let inputs = restores(&runner);
     let all = inputs.join("");
@@ -205,11 +200,11 @@ fn new_and_deleted_services_edit_shared_chains_rule_by_rule() {
     );
     // The deleted one: its KUBE-SERVICES rule is deleted by spec and its chains removed.
     assert!(
-        all.contains("-D KUBE-SERVICES -m comment --comment \"default/svc0:http cluster IP\""),
+        all.contains("-D KUBE-SERVICES -m comment --comment \"default/svc-00000:http cluster IP\""),
         "{all}"
     );
     assert!(all.contains("-X KUBE-SVC-"), "{all}");
-    assert!(!all.contains("svc1"), "other services untouched:\n{all}");
+    assert!(!all.contains("svc-00001"), "other services untouched:\n{all}");
 }
 
 #[test]
@@ -296,30 +291,20 @@ fn cleanup_removes_our_chains_and_jumps_only() {
 #[test]
 fn large_clusters_drop_endpoint_comments() {
     let mut m = Model::new("node-a", SelectionOptions::default());
-    m.apply_service(
-        &mk_service("default", "big")
-            .cluster_ip("10.96.0.10")
-            .port("http", 80, "TCP")
-            .build(),
-    );
-    let eps: Vec<String> = (0..1001)
-        .map(|i| format!("10.245.{}.{}", i / 250, i % 250 + 1))
-        .collect();
-    let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
-    m.apply_slice(
-        &mk_slice("default", "big-1", "big")
-            .port("http", 8080, "TCP")
-            .endpoints(&refs)
-            .build(),
-    );
+    let big = synth::generate(&SynthParams {
+        mix: Mix::ClusterIpOnly,
+        ..SynthParams::new(1, 1001)
+    });
+    m.reset_services(&big.services);
+    m.reset_slices(&big.slices);
     let b = IptablesBackend::new(Sys::fake(FakeRunner::new()), settings(), Some(Variant::Plain));
     let text = b.render(&m.desired());
     assert!(
-        !text.contains("default/big:http ->"),
+        !text.contains("scale/svc-00000:http ->"),
         "no per-endpoint comments above 1000 endpoints"
     );
     assert!(
-        text.contains("\"default/big:http cluster IP\""),
+        text.contains("\"scale/svc-00000:http cluster IP\""),
         "service comments stay"
     );
 }
