@@ -26,6 +26,8 @@ pub mod nftables;
 pub mod recording;
 pub mod settings;
 pub mod table;
+#[cfg(test)]
+mod test_fixtures;
 
 use crate::config::ProxyMode;
 use crate::model::{ChangeSet, DesiredState, IpFamily};

@@ -3,7 +3,8 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::model::builders::{mk_service, mk_slice};
+use crate::backend::test_fixtures::{model_with, slice};
+use crate::model::builders::mk_service;
 use crate::model::synth::{self, Mix, SynthParams};
 use crate::model::{Model, SelectionOptions};
 use crate::sys::{CommandOutput, FakeCall, FakeRunner};
@@ -56,34 +57,6 @@ impl FakeKernel {
             ok(String::new())
         })
     }
-}
-
-fn web(eps: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
-    mk_slice("default", "web-1", "web")
-        .port("http", 8080, "TCP")
-        .endpoints(eps)
-        .build()
-}
-
-fn model_with(n: usize) -> Model {
-    let mut m = Model::new("node-a", SelectionOptions::default());
-    let filler = synth::generate(&SynthParams {
-        mix: Mix::ClusterIpOnly,
-        namespace: "default".to_string(),
-        vip_base: "10.96.1.1".parse().expect("ip"),
-        endpoint_base: "10.244.1.1".parse().expect("ip"),
-        ..SynthParams::new(n, 1)
-    });
-    m.reset_services(&filler.services);
-    m.reset_slices(&filler.slices);
-    m.apply_service(
-        &mk_service("default", "web")
-            .cluster_ip("10.96.0.10")
-            .port("http", 80, "TCP")
-            .build(),
-    );
-    m.apply_slice(&web(&["10.244.0.1", "10.244.0.2"]));
-    m
 }
 
 fn restores(runner: &FakeRunner) -> Vec<String> {
@@ -149,7 +122,7 @@ fn one_endpoint_change_rewrites_only_that_services_chains() {
     sync(&mut b, &mut m, SyncKind::Full).expect("full");
     runner.clear();
 
-    m.apply_slice(&web(&["10.244.0.1", "10.244.0.3"]));
+    m.apply_slice(&slice("web", &["10.244.0.1", "10.244.0.3"]));
     sync(&mut b, &mut m, SyncKind::Partial).expect("partial");
     let inputs = restores(&runner);
     assert_eq!(inputs.len(), 1, "only IPv4 changed: {inputs:?}");
@@ -215,7 +188,7 @@ fn failed_restore_reports_context_and_forces_a_full_sync() {
     let mut m = model_with(2);
     sync(&mut b, &mut m, SyncKind::Full).expect("full");
     *kernel.fail.lock().expect("lock") = true;
-    m.apply_slice(&web(&["10.244.0.9"]));
+    m.apply_slice(&slice("web", &["10.244.0.9"]));
     let err = sync(&mut b, &mut m, SyncKind::Partial).expect_err("restore fails");
     match err {
         BackendError::Apply {

@@ -3,9 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::backend::test_fixtures::{model_with, slice};
 use crate::config::NodePortAddresses;
-use crate::model::builders::{mk_node, mk_service, mk_slice};
-use crate::model::synth::{self, Mix, SynthParams};
+use crate::model::builders::{mk_node, mk_service};
 use crate::model::{Model, SelectionOptions};
 use crate::sys::{CommandOutput, FakeCall, FakeRunner};
 
@@ -86,35 +86,6 @@ impl FakeKernel {
             .filter(|c| c.program == NFT && c.args.first().map(String::as_str) == Some("-t"))
             .count()
     }
-}
-
-fn slice(svc: &str, eps: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
-    mk_slice("default", &format!("{svc}-1"), svc)
-        .port("http", 8080, "TCP")
-        .endpoints(eps)
-        .build()
-}
-
-/// `n` ClusterIP services `svc-00000…` with one endpoint each, plus `web` with two.
-fn model_with(n: usize) -> Model {
-    let mut m = Model::new("node-a", SelectionOptions::default());
-    let filler = synth::generate(&SynthParams {
-        mix: Mix::ClusterIpOnly,
-        namespace: "default".to_string(),
-        vip_base: "10.96.1.1".parse().expect("ip"),
-        endpoint_base: "10.244.1.1".parse().expect("ip"),
-        ..SynthParams::new(n, 1)
-    });
-    m.reset_services(&filler.services);
-    m.reset_slices(&filler.slices);
-    m.apply_service(
-        &mk_service("default", "web")
-            .cluster_ip("10.96.0.10")
-            .port("http", 80, "TCP")
-            .build(),
-    );
-    m.apply_slice(&slice("web", &["10.244.0.1", "10.244.0.2"]));
-    m
 }
 
 /// Syncs the model's pending changes with `kind` and acknowledges them.
