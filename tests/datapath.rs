@@ -109,6 +109,12 @@ suite! {
         ipv6_hairpin_to_self_through_vip_is_masqueraded,
         masquerade_all_masquerades_pod_traffic,
         node_port_addresses_primary_answer_only_on_the_primary_ip,
+        node_port_addresses_primary_is_the_first_node_ip [
+            known_bug(iptables: "nodePortAddresses primary accepts NodePorts on every InternalIP/ExternalIP of \
+                                 the Node, not only its primary (first) IP per family as kube-proxy does"),
+            known_bug(nftables: "nodePortAddresses primary puts every InternalIP/ExternalIP of the Node in \
+                                 @nodeport-ips, not only its primary (first) IP per family as kube-proxy does")
+        ],
         localhost_node_ports_off_leave_localhost_unhandled [
             skip(nftables: "nftables mode never serves NodePorts on localhost: there is nothing to turn off \
                             (node_port_from_client_is_masqueraded checks 127.0.0.1 stays unhandled)")

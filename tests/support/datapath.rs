@@ -2508,6 +2508,31 @@ pub mod cases {
         ]);
     }
 
+    /// nodePortAddresses `primary` on a Node listing two InternalIPs
+    /// (198.18.1.1, then 198.18.2.1): as in kube-proxy, whose primary IP is
+    /// one per family (the Node's first address, `GetNodeHostIPs`), only the
+    /// first answers; the second is an ordinary local address no rule
+    /// touches.
+    pub fn node_port_addresses_primary_is_the_first_node_ip(mode: Mode) {
+        let cfg = DpConfig {
+            nodeport_addresses: NodePortAddresses::Primary,
+            ..DpConfig::default()
+        };
+        let Some(mut dp) = Dp::new(mode, cfg) else { return };
+        dp.program(
+            &[service_with_node_ports("np", "NodePort", v4(211), 30080, 30053).build()],
+            &[slice("np", &[local(0), remote(1)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(node_ip(), 30080))
+                .reaches(&[0, 1])
+                .src_ip(node_ip()),
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ip(), 30080)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, SocketAddr::new(node_ext_ip(), 30080)).unhandled(),
+            Flow::udp(Who::Client, SocketAddr::new(node_ext_ip(), 30053)).unhandled(),
+        ]);
+    }
+
     /// localhostNodePorts false: 127.0.0.1:NODEPORT is left alone, the
     /// node's real addresses still serve the NodePort.
     pub fn localhost_node_ports_off_leave_localhost_unhandled(mode: Mode) {
