@@ -1481,14 +1481,15 @@ pub fn run_case(mode: Mode, name: &str, marks: &[Mark], case: fn(Mode)) {
                 return;
             }
             match std::panic::catch_unwind(|| case(mode)) {
-                Err(p) => loud(&format!(
-                    "KNOWN BUG {name} in {m}: {why}\n  it still fails: {}",
-                    panic_message(p.as_ref())
-                        .lines()
-                        .take(6)
-                        .collect::<Vec<_>>()
-                        .join("\n    ")
-                )),
+                Err(p) => {
+                    let msg = panic_message(p.as_ref());
+                    // The failure itself, without the ruleset dump that follows it.
+                    let failure: Vec<&str> = msg.lines().take_while(|l| !l.starts_with("--- ")).take(12).collect();
+                    loud(&format!(
+                        "KNOWN BUG {name} in {m}: {why}\n  it still fails: {}",
+                        failure.join("\n    ")
+                    ));
+                }
                 Ok(()) => panic!("{name} in {m} is marked known_bug({why:?}) but passes: remove the mark"),
             }
         }
