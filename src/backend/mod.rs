@@ -25,6 +25,7 @@ pub mod ipvs;
 pub mod nftables;
 pub mod recording;
 pub mod table;
+pub mod userspace;
 
 use crate::config::ProxyMode;
 use crate::model::{ChangeSet, DesiredState};
