@@ -88,7 +88,8 @@ pub struct SystemClock;
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Connect timeout per attempt (attempt i uses entry i, the last
-    /// repeats); every endpoint is tried at most once per connection.
+    /// repeats). A connection makes at least this many attempts (endpoints
+    /// are tried again when there are fewer) and tries every endpoint once.
     pub connect_timeouts: Vec<Duration>,
     /// Pause before the second attempt, doubled for each further one
     /// (capped at 16 times).

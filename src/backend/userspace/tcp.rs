@@ -7,7 +7,7 @@
 //!              ▼
 //!          pick ─▶ no endpoints ─▶ RST (Reset) | hold, then RST (Drop)
 //!              │
-//!          connect (timeout i) ─fail─▶ backoff, pick another ─▶ … all tried ─▶ RST
+//!          connect (timeout i) ─fail─▶ backoff, pick another ─▶ … schedule and endpoints used up ─▶ RST
 //!              │ok
 //!          client ⇄ endpoint: EOF one way → shutdown(write) the other way; error → RST both;
 //!                             idle timeout → close
@@ -39,7 +39,7 @@ const SPLICE_CHUNK: usize = 1 << 16;
 #[derive(Debug)]
 enum Unreachable {
     NoEndpoints(NoEndpoints),
-    AllFailed { tried: usize },
+    AllFailed { attempts: usize },
 }
 
 /// How a relayed connection ended, when not cleanly.
@@ -96,9 +96,9 @@ async fn connection(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
             reset(&client);
             return;
         }
-        Err(Unreachable::AllFailed { tried }) => {
+        Err(Unreachable::AllFailed { attempts }) => {
             shared.stats.unreachable();
-            debug!(client = %peer, tried, "No endpoint accepted the connection");
+            debug!(client = %peer, attempts, "No endpoint accepted the connection");
             reset(&client);
             return;
         }
@@ -117,17 +117,28 @@ async fn connection(shared: Arc<Shared>, mut client: TcpStream, peer: SocketAddr
     }
 }
 
-/// Connects to an endpoint, trying the next one after a failure, each at
-/// most once, with the growing timeouts and backoff of the settings.
+/// Connects to an endpoint. After a failure the next attempt goes to an
+/// endpoint not tried yet, with the next (longer) timeout of the schedule
+/// and a short backoff. As kube-proxy's legacy `tryConnect`, the whole
+/// schedule is used even with fewer endpoints (they are tried again); with
+/// more endpoints, each is tried once. Gives up when both are exhausted.
 async fn connect(shared: &Shared, client: IpAddr) -> Result<TcpStream, Unreachable> {
+    let schedule = shared.settings.connect_timeouts.len();
     let mut tried: Vec<SocketAddr> = Vec::new();
-    loop {
+    for attempt in 0.. {
         let endpoint = match shared.pick(client, &tried) {
             Err(policy) => return Err(Unreachable::NoEndpoints(policy)),
-            Ok(None) => return Err(Unreachable::AllFailed { tried: tried.len() }),
             Ok(Some(endpoint)) => endpoint,
+            Ok(None) if attempt < schedule => {
+                // Every endpoint failed once: another round.
+                tried.clear();
+                match shared.pick(client, &tried) {
+                    Ok(Some(endpoint)) => endpoint,
+                    Ok(None) | Err(_) => return Err(Unreachable::AllFailed { attempts: attempt }),
+                }
+            }
+            Ok(None) => return Err(Unreachable::AllFailed { attempts: attempt }),
         };
-        let attempt = tried.len();
         tokio::time::sleep(shared.settings.backoff(attempt)).await;
         let timeout = shared.settings.connect_timeout(attempt);
         match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
@@ -138,6 +149,7 @@ async fn connect(shared: &Shared, client: IpAddr) -> Result<TcpStream, Unreachab
         shared.stats.failed_connect();
         tried.push(endpoint);
     }
+    Err(Unreachable::AllFailed { attempts: usize::MAX })
 }
 
 /// Relays until both directions reached end of stream, one failed, or the
