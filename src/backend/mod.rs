@@ -26,6 +26,7 @@ pub mod nftables;
 pub mod recording;
 pub mod settings;
 pub mod table;
+pub mod userspace;
 #[cfg(test)]
 mod test_fixtures;
 

@@ -5,11 +5,16 @@
 //! - [`process`]: run a tool (iptables-restore, nft, conntrack) with input.
 //! - [`sysctl`]: kernel parameters (`route_localnet`, conntrack liberal mode).
 //! - [`hostname`]: the host name, for the default node name.
+//! - [`rlimit`]: the open-file limit, raised for the userspace relay.
+//! - [`socket`]: UDP packet info and `splice(2)`, for the userspace relay.
 
 pub mod process;
+pub mod rlimit;
+pub mod socket;
 pub mod sysctl;
 
 pub use process::{CommandOutput, CommandRunner, FakeCall, FakeRunner, NetnsRunner, RealRunner, RunError};
+pub use rlimit::{NofileLimit, raise_nofile_limit};
 pub use sysctl::{FakeSysctl, ProcSysctl, RunnerSysctl, Sysctl};
 
 /// The host's name, lower-cased, as kube-proxy uses it for the node name
