@@ -26,9 +26,9 @@ pub mod nftables;
 pub mod recording;
 pub mod settings;
 pub mod table;
-pub mod userspace;
 #[cfg(test)]
 mod test_fixtures;
+pub mod userspace;
 
 use crate::config::ProxyMode;
 use crate::model::{ChangeSet, DesiredState, IpFamily};
