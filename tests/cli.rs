@@ -306,6 +306,29 @@ fn render_manifests_table_lists_every_proxied_service_port() {
     }
 }
 
+/// `render --manifests` applies the watch's label selector: a Service (or
+/// slice) labelled for another proxy, or headless, is not rendered.
+#[test]
+fn render_manifests_skips_services_labelled_for_another_proxy() {
+    let dir = TempDir::new("labelled");
+    dir.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: mine, namespace: default}\n\
+         spec: {clusterIP: 10.96.7.1, ports: [{name: http, port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: theirs, namespace: default, \
+         labels: {service.kubernetes.io/service-proxy-name: other-proxy}}\n\
+         spec: {clusterIP: 10.96.7.2, ports: [{name: http, port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: headless-ish, namespace: default, \
+         labels: {service.kubernetes.io/headless: \"\"}}\n\
+         spec: {clusterIP: 10.96.7.3, ports: [{name: http, port: 80}]}\n",
+    );
+    let path = dir.path().to_str().expect("utf-8 temp path").to_string();
+    let run = kproxy(&["render", "--manifests", &path, "--format", "table"], QUICK);
+    assert_eq!(run.code(), Some(0), "{run:#?}");
+    let names: Vec<String> = table_blocks(&run.stdout).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["default/mine:http"], "{}", run.stdout);
+}
+
 #[test]
 fn render_reports_unusable_manifests_in_one_line() {
     let dir = TempDir::new("manifests");

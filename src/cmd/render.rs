@@ -34,14 +34,16 @@ pub async fn run(args: &RenderArgs, cfg: &Config, out: &mut dyn Write) -> anyhow
         })
         .unwrap_or_default();
     let desired = build_desired(&objects, &node_name, &node_ips);
+    let settings = backend::Settings::from_config(cfg);
+    let context = |family| backend::plan_context(&settings, cfg.mode, family, &desired.node);
     let text = match (args.format, backend::renderer(cfg)) {
         (RenderFormat::Rules, Some(b)) => b.render(&desired),
         (RenderFormat::Rules, None) => format!(
             "# proxy mode {} has no rule renderer yet; this is the service map it would program\n{}",
             cfg.mode,
-            backend::table::render_table(&desired)
+            backend::table::render_table(&desired, &context)
         ),
-        (RenderFormat::Table, _) => backend::table::render_table(&desired),
+        (RenderFormat::Table, _) => backend::table::render_table(&desired, &context),
     };
     out.write_all(text.as_bytes())?;
     Ok(())
@@ -57,8 +59,21 @@ pub fn build_desired(objects: &Manifests, node_name: &str, node_ips: &[IpAddr]) 
         .find(|n| n.metadata.name.as_deref() == Some(node_name));
     model.set_node(node);
     model.set_node_addresses_fallback(node_ips);
-    model.reset_services(&objects.services);
-    model.reset_slices(&objects.slices);
+    // The same label filter the watch asks the API server for.
+    let services: Vec<_> = objects
+        .services
+        .iter()
+        .filter(|s| crate::watch::is_proxied(&s.metadata))
+        .cloned()
+        .collect();
+    let slices: Vec<_> = objects
+        .slices
+        .iter()
+        .filter(|s| crate::watch::is_proxied(&s.metadata))
+        .cloned()
+        .collect();
+    model.reset_services(&services);
+    model.reset_slices(&slices);
     for p in model.take_problems() {
         warn!(subject = %p.subject, "{}", p.message);
     }

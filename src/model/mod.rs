@@ -16,18 +16,28 @@
 //!   `EndpointSliceCache`).
 //! - [`selection`]: which endpoints each traffic class uses (kube-proxy's
 //!   `CategorizeEndpoints`).
+//! - [`plan`]: per service port and family, every policy decision a
+//!   datapath makes (routes, drop/reject, affinity, firewall, masquerade).
 //! - [`node`]: the proxy's own Node.
 //! - [`tracker`]: the index of objects, the desired state, and change
 //!   tracking with acknowledgement.
 //!
+//! Test support, compiled only for unit tests or with the `test-support`
+//! feature (which the integration tests and benches turn on; the shipped
+//! binary has neither): `builders` (API objects: `mk_service`, `mk_slice`,
+//! `mk_node`) and `synth` (the synthetic-cluster generator).
+//!
 //! Input problems (a malformed object) are collected as [`Problem`]s for the
 //! caller to log and count; the model never logs.
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod builders;
 pub mod endpoints;
 pub mod node;
+pub mod plan;
 pub mod selection;
 pub mod service;
+#[cfg(any(test, feature = "test-support"))]
 pub mod synth;
 pub mod tracker;
 pub mod types;
@@ -37,6 +47,10 @@ mod tests;
 
 pub use endpoints::{SERVICE_NAME_LABEL, ServiceEndpoints, SliceInfo, SliceSkip, merge_slices, slice_service};
 pub use node::NodeInfo;
+pub use plan::{
+    ClusterIpMasquerade, Firewall, FirewallScope, HealthCheckPort, Masquerade, NoLocal, Part, PlanContext, PortPlan,
+    Refusal, Route, health_check_ports,
+};
 pub use selection::{EndpointSelection, SelectionOptions, select_endpoints};
 pub use service::{ServiceSkip, service_name, service_ports};
 pub use tracker::{
