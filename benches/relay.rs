@@ -92,8 +92,14 @@ async fn measure(path: Path, sink: SocketAddr, streams: usize, bytes_each: u64) 
                 ..Settings::default()
             };
             Some(
-                Relay::bind(Protocol::Tcp, LOCALHOST, targets, settings, &tokio::runtime::Handle::current())
-                    .expect("relay"),
+                Relay::bind(
+                    Protocol::Tcp,
+                    LOCALHOST,
+                    targets,
+                    settings,
+                    &tokio::runtime::Handle::current(),
+                )
+                .expect("relay"),
             )
         }
     };

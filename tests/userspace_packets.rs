@@ -1,0 +1,224 @@
+//! userspace mode with real packets: the backend programs a node namespace
+//! (steering rules through iptables-restore, relays on a runtime whose
+//! threads live in that namespace) and traffic from a pod, the node itself
+//! and an outside client reaches the pods through kproxy's relay. Root only
+//! (skips otherwise; fails under CI=true). Every packet stays inside the
+//! namespaces the topology creates (198.18.0.0/15, fd00::/8).
+//!
+//! This file stands alone until the mode-generic packet suite (tests/
+//! datapath.rs) takes a userspace mode.
+
+#![allow(clippy::disallowed_types)] // the netns harness runs tools directly
+
+#[path = "support/netns.rs"]
+mod netns;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use kproxy::backend::userspace::{Settings as RelaySettings, UserspaceBackend};
+use kproxy::backend::{Backend, Settings, SyncKind};
+use kproxy::config::NodePortAddresses;
+use kproxy::model::builders::{EpSpec, mk_node, mk_service, mk_slice};
+use kproxy::model::{Model, SelectionOptions};
+use kproxy::sys::Sys;
+use netns::{ConnError, Topology, vip4, vip6};
+
+const NODE: &str = "node-a";
+const TCP_TARGET: u16 = 8080;
+const UDP_TARGET: u16 = 5353;
+const NODE_PORT: u16 = 30080;
+const T: Duration = Duration::from_secs(2);
+
+fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+fn settings() -> Settings {
+    Settings {
+        masquerade_mark: 0x4000,
+        masquerade_all: false,
+        cluster_cidrs: vec!["198.18.1.0/24".parse().expect("cidr")],
+        nodeport_addresses: NodePortAddresses::All,
+        localhost_nodeports: false,
+        conntrack_liberal: false,
+    }
+}
+
+struct Setup {
+    topo: Topology,
+    model: Model,
+    backend: UserspaceBackend,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Setup {
+    fn new() -> Option<Self> {
+        if !netns::require_root_tools(&["ip", "iptables-restore", "iptables-save", "ip6tables-restore"]) {
+            return None;
+        }
+        let topo = Topology::builder().pods(2).ipv6(true).build();
+        topo.start_servers(TCP_TARGET, UDP_TARGET);
+        // Worker threads inherit the namespace of the thread that builds the runtime.
+        let runtime = topo.node().run_in(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime")
+        });
+        let backend = UserspaceBackend::new(
+            Sys::in_netns(topo.node().name()),
+            settings(),
+            RelaySettings::default(),
+            Some(runtime.handle().clone()),
+        );
+        let mut model = Model::new(NODE, SelectionOptions::default());
+        let node = mk_node(NODE)
+            .internal_ip(&topo.node_ip().to_string())
+            .internal_ip(&topo.node_ip6().to_string())
+            .build();
+        model.set_node(Some(&node));
+        Some(Self {
+            topo,
+            model,
+            backend,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Syncs the way the daemon does, from a thread in the node namespace
+    /// (listening sockets belong to the namespace they are created in).
+    fn sync(&mut self) {
+        let (desired, changes) = (self.model.desired(), self.model.changes());
+        let backend = &mut self.backend;
+        self.topo
+            .node()
+            .run_in(|| backend.sync(&desired, &changes, SyncKind::Full))
+            .unwrap_or_else(|e| panic!("sync: {}", e.chain()));
+        self.model.ack(&changes);
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let backend = &mut self.backend;
+        let _ = self.topo.node().run_in(|| backend.cleanup());
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+fn web() -> k8s_openapi::api::core::v1::Service {
+    mk_service("default", "web")
+        .type_("NodePort")
+        .cluster_ips(&[&vip4(1).to_string(), &vip6(1).to_string()])
+        .external_ips(&[&vip4(2).to_string()])
+        .node_port("http", 80, "TCP", i32::from(NODE_PORT))
+        .target_port(i32::from(TCP_TARGET))
+        .port("dns", 53, "UDP")
+        .target_port(i32::from(UDP_TARGET))
+        .build()
+}
+
+fn slices(topo: &Topology, pods: &[usize]) -> [k8s_openapi::api::discovery::v1::EndpointSlice; 2] {
+    let v4 = pods.iter().fold(
+        mk_slice("default", "web-v4", "web")
+            .port("http", i32::from(TCP_TARGET), "TCP")
+            .port("dns", i32::from(UDP_TARGET), "UDP"),
+        |b, i| b.endpoint_with(EpSpec::new(&topo.pod_ip(*i).to_string()).node(NODE)),
+    );
+    let v6 = pods.iter().fold(
+        mk_slice("default", "web-v6", "web")
+            .ipv6()
+            .port("http", i32::from(TCP_TARGET), "TCP")
+            .port("dns", i32::from(UDP_TARGET), "UDP"),
+        |b, i| b.endpoint_with(EpSpec::new(&topo.pod_ip6(*i).to_string()).node(NODE)),
+    );
+    [v4.build(), v6.build()]
+}
+
+fn both_pods(tally: &BTreeMap<String, usize>) -> bool {
+    tally.keys().all(|k| k == "pod0" || k == "pod1") && tally.len() == 2
+}
+
+#[test]
+fn service_traffic_reaches_the_pods_through_the_relay() {
+    let Some(mut s) = Setup::new() else { return };
+    let svc = web();
+    s.model.apply_service(&svc);
+    for slice in slices(&s.topo, &[0, 1]) {
+        s.model.apply_slice(&slice);
+    }
+    let cluster_ip = sa(vip4(1), 80);
+    // Without steering rules the VIP leads nowhere: the test can fail.
+    assert_eq!(s.topo.pod(0).tcp_request(cluster_ip, T).err(), Some(ConnError::Timeout));
+
+    s.sync();
+
+    let from_pod = s.topo.pod(0).tally_tcp(cluster_ip, 6, T);
+    assert!(both_pods(&from_pod), "pod → ClusterIP, round robin: {from_pod:?}");
+    assert_eq!(from_pod.values().sum::<usize>(), 6, "{from_pod:?}");
+    let reply = s.topo.pod(0).tcp_request(cluster_ip, T).expect("pod → ClusterIP");
+    assert_eq!(
+        reply.seen_src.ip(),
+        s.topo.node_ip(),
+        "the relay connects from the node: the pod sees the node's address"
+    );
+    s.topo.node().tcp_request(cluster_ip, T).expect("node → ClusterIP");
+    let v6 = s.topo.pod(0).tally_tcp(sa(vip6(1), 80), 4, T);
+    assert!(both_pods(&v6), "pod → IPv6 ClusterIP: {v6:?}");
+    let np = s.topo.client().tally_tcp(sa(s.topo.node_ext_ip(), NODE_PORT), 4, T);
+    assert!(both_pods(&np), "client → NodePort: {np:?}");
+    s.topo
+        .node()
+        .tcp_request(sa(s.topo.node_ip(), NODE_PORT), T)
+        .expect("node → its own NodePort");
+    let ext = s.topo.client().tally_tcp(sa(vip4(2), 80), 4, T);
+    assert!(both_pods(&ext), "client → externalIP: {ext:?}");
+    let dns = s.topo.pod(1).tally_udp(sa(vip4(1), 53), 4, T);
+    assert!(
+        dns.keys().all(|k| k == "pod0" || k == "pod1") && dns.values().sum::<usize>() == 4,
+        "pod → ClusterIP over UDP, answered from the VIP: {dns:?}"
+    );
+}
+
+#[test]
+fn no_endpoints_refuse_and_endpoint_changes_apply_to_new_connections() {
+    let Some(mut s) = Setup::new() else { return };
+    let svc = web();
+    s.model.apply_service(&svc);
+    let cluster_ip = sa(vip4(1), 80);
+    s.sync();
+    // The relay accepted the connection before it knew there was nowhere to
+    // go: the client sees a reset of an established connection, not a
+    // refused SYN.
+    let refused = s.topo.pod(0).tcp_request(cluster_ip, T).err();
+    assert!(
+        matches!(&refused, Some(ConnError::Other(m)) if m.contains("reset")),
+        "no endpoints: reset, got {refused:?}"
+    );
+    for slice in slices(&s.topo, &[1]) {
+        s.model.apply_slice(&slice);
+    }
+    s.sync();
+    let only = s.topo.pod(0).tally_tcp(cluster_ip, 3, T);
+    assert_eq!(only, BTreeMap::from([("pod1".to_string(), 3)]));
+    // An endpoint that refuses (its server stopped) is skipped for the next one.
+    for slice in slices(&s.topo, &[0, 1]) {
+        s.model.apply_slice(&slice);
+    }
+    s.sync();
+    assert!(
+        s.topo.pod(1).stop_server(netns::Proto::Tcp, TCP_TARGET),
+        "stop pod1's server"
+    );
+    let failover = s.topo.pod(0).tally_tcp(cluster_ip, 4, T);
+    assert_eq!(
+        failover,
+        BTreeMap::from([("pod0".to_string(), 4)]),
+        "pod1 refuses: all to pod0"
+    );
+}
