@@ -203,7 +203,11 @@ pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box
 /// without one (e.g. a synchronous caller) it can render and clean up only.
 fn userspace_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> userspace::UserspaceBackend {
     let handle = tokio::runtime::Handle::try_current().ok();
-    userspace::UserspaceBackend::new(sys, Settings::from_config(cfg), userspace::Settings::default(), handle)
+    let relay = userspace::Settings {
+        udp_idle_timeout: cfg.udp_idle_timeout,
+        ..userspace::Settings::default()
+    };
+    userspace::UserspaceBackend::new(sys, Settings::from_config(cfg), relay, handle)
 }
 
 fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {
