@@ -118,7 +118,7 @@ async fn daemon_relays_service_traffic_and_cleans_up() {
             "{round}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let left = node.exec_ok(&["iptables-save", "-t", "nat"]);
+        let left = node.exec_ok(&["iptables-save"]);
         assert!(!left.contains("KUBE-PORTALS"), "{round}:\n{left}");
     }
     if std::env::var_os("KPROXY_KEEP_LOG").is_some() {

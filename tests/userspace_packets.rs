@@ -55,10 +55,24 @@ struct Setup {
 
 impl Setup {
     fn new() -> Option<Self> {
-        if !netns::require_root_tools(&["ip", "iptables-restore", "iptables-save", "ip6tables-restore"]) {
+        Self::build(false)
+    }
+
+    /// With `unhandled`, VIP traffic no rule handled is answered by the
+    /// topology's `nowhere` namespace instead of vanishing.
+    fn build(unhandled: bool) -> Option<Self> {
+        let mut tools = vec!["ip", "iptables-restore", "iptables-save", "ip6tables-restore"];
+        if unhandled {
+            tools.push("nft");
+        }
+        if !netns::require_root_tools(&tools) {
             return None;
         }
-        let topo = Topology::builder().pods(2).ipv6(true).build();
+        let topo = Topology::builder()
+            .pods(2)
+            .ipv6(true)
+            .unhandled_responder(unhandled)
+            .build();
         topo.start_servers(TCP_TARGET, UDP_TARGET);
         // Worker threads inherit the namespace of the thread that builds the runtime.
         let runtime = topo.node().run_in(|| {
@@ -271,4 +285,37 @@ fn external_traffic_policy_local_uses_only_this_nodes_endpoints() {
     );
     let internal = s.topo.pod(0).tally_tcp(sa(vip4(3), 80), 2, T);
     assert_eq!(internal, BTreeMap::from([("pod1".to_string(), 2)]));
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_listed_clients_only() {
+    let Some(mut s) = Setup::build(true) else { return };
+    let client = format!("{}/32", s.topo.client_ip());
+    let svc = mk_service("default", "lb")
+        .type_("LoadBalancer")
+        .cluster_ip(&vip4(5).to_string())
+        .node_port("http", 80, "TCP", i32::from(NODE_PORT))
+        .target_port(i32::from(TCP_TARGET))
+        .lb_ingress(&vip4(6).to_string())
+        .source_ranges(&[&client])
+        .build();
+    s.model.apply_service(&svc);
+    let slice = mk_slice("default", "lb-v4", "lb")
+        .port("http", i32::from(TCP_TARGET), "TCP")
+        .endpoint_with(EpSpec::new(&s.topo.pod_ip(0).to_string()).node(NODE))
+        .build();
+    s.model.apply_slice(&slice);
+    let lb = sa(vip4(6), 80);
+    // Before any rule, the LB IP answers "unhandled" to everyone.
+    let before = s.topo.pod(1).tcp_request(lb, T).map(|r| r.pod);
+    assert_eq!(before, Ok(netns::UNHANDLED.to_string()));
+    s.sync();
+    let admitted = s.topo.client().tcp_request(lb, T).map(|r| r.pod);
+    assert_eq!(admitted, Ok("pod0".to_string()), "client inside the source range");
+    let outsider = s.topo.pod(1).tcp_request(lb, T).map(|r| r.pod);
+    assert_eq!(
+        outsider,
+        Err(ConnError::Timeout),
+        "pod outside the source range: dropped"
+    );
 }

@@ -190,7 +190,10 @@ async fn sctp_ports_are_skipped_and_the_rest_programmed() {
 
 #[tokio::test]
 async fn present_jumps_are_not_inserted_again() {
-    let save = "*nat\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-PORTALS-HOST - [0:0]\n\
+    let save = "*filter\n:KUBE-PORTALS-FIREWALL - [0:0]\n\
+                -A INPUT -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-FIREWALL\n\
+                -A FORWARD -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-FIREWALL\nCOMMIT\n\
+                *nat\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-PORTALS-HOST - [0:0]\n\
                 -A PREROUTING -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-CONTAINER\n\
                 -A OUTPUT -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-HOST\nCOMMIT\n";
     let r = runner(save);
@@ -202,7 +205,10 @@ async fn present_jumps_are_not_inserted_again() {
 
 #[tokio::test]
 async fn cleanup_removes_our_jumps_and_chains_only() {
-    let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-PORTALS-HOST - [0:0]\n\
+    let save = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-PORTALS-FIREWALL - [0:0]\n\
+                -A INPUT -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-FIREWALL\n\
+                -A INPUT -j KUBE-PORTALS-HOST-LOOKALIKE\nCOMMIT\n\
+                *nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-PORTALS-HOST - [0:0]\n\
                 -A PREROUTING -j OTHER\n\
                 -A PREROUTING -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-CONTAINER\n\
                 -A OUTPUT -m comment --comment \"handle ClusterIPs\" -j KUBE-PORTALS-HOST\nCOMMIT\n";
@@ -212,7 +218,10 @@ async fn cleanup_removes_our_jumps_and_chains_only() {
     let v4 = &restores(&r)[0];
     assert_eq!(
         v4.stdin,
-        "*nat\n\
+        "*filter\n\
+         -D INPUT -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-FIREWALL\n\
+         :KUBE-PORTALS-FIREWALL - [0:0]\n-X KUBE-PORTALS-FIREWALL\nCOMMIT\n\
+         *nat\n\
          -D PREROUTING -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-CONTAINER\n\
          -D OUTPUT -m comment --comment \"handle ClusterIPs\" -j KUBE-PORTALS-HOST\n\
          :KUBE-PORTALS-CONTAINER - [0:0]\n:KUBE-PORTALS-HOST - [0:0]\n\
@@ -222,6 +231,48 @@ async fn cleanup_removes_our_jumps_and_chains_only() {
     let clean = runner("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n");
     backend(&clean).cleanup().expect("cleanup");
     assert!(restores(&clean).is_empty());
+}
+
+#[tokio::test]
+async fn load_balancer_source_ranges_admit_listed_sources_and_drop_the_rest() {
+    let r = runner("");
+    let mut b = backend(&r);
+    let mut m = model();
+    m.apply_service(
+        &mk_service("default", "lb")
+            .type_("LoadBalancer")
+            .cluster_ip("198.19.0.3")
+            .node_port("http", 80, "TCP", 30081)
+            .target_port(8080)
+            .lb_ingress("198.19.2.1")
+            .source_ranges(&["203.0.113.0/24"])
+            .build(),
+    );
+    m.apply_slice(&slice("lb", &["198.18.1.12"]));
+    sync(&mut b, &mut m, SyncKind::Full);
+    let external = b
+        .listeners()
+        .find(|(k, _)| k.port.service.name == "lb" && k.class == Class::External)
+        .map(|(_, r)| r.local_addr().port())
+        .expect("external listener");
+    let input = &restores(&r)[0].stdin;
+    let c = "-m comment --comment \"default/lb:http\" -p tcp -m tcp";
+    for line in [
+        format!(
+            "-A KUBE-PORTALS-CONTAINER {c} -s 203.0.113.0/24 -d 198.19.2.1/32 --dport 80 -j REDIRECT --to-ports {external}"
+        ),
+        "-A KUBE-PORTALS-FIREWALL -m comment --comment \"default/lb:http traffic not accepted by the source ranges\" \
+         -p tcp -m tcp -d 198.19.2.1/32 --dport 80 -j DROP"
+            .to_string(),
+    ] {
+        assert!(input.lines().any(|l| l == line), "missing {line:?} in\n{input}");
+    }
+    assert!(
+        !input
+            .lines()
+            .any(|l| l.contains("198.19.2.1") && !l.contains("203.0.113.0/24") && l.contains("REDIRECT")),
+        "no unconditional redirect of the LB IP:\n{input}"
+    );
 }
 
 #[test]

@@ -60,7 +60,7 @@ mod tests;
 
 pub use balancer::Balancer;
 pub use relay::{CONNECT_TIMEOUTS, Clock, CopyMode, NoEndpoints, Relay, RelayError, Settings, SystemClock, TargetSet};
-pub use render::{Class, ListenerKey, ListenerPlan, Plans, SteeringOpts};
+pub use render::{Class, ListenerKey, ListenerPlan, Plans, Steering, SteeringOpts};
 pub use stats::{RelayStats, StatsSnapshot};
 
 /// The userspace backend: relays opened and closed from the desired state,
@@ -202,36 +202,24 @@ impl UserspaceBackend {
         Ok(out.stdout)
     }
 
-    /// Our jumps already in the nat table of `family` (from iptables-save).
-    fn jump_lines(save: &str) -> Vec<&str> {
-        save.lines()
-            .filter(|l| {
-                JUMPS
-                    .iter()
-                    .any(|j| l.starts_with(&format!("-A {} ", j.from)) && l.contains(&format!("-j {}", j.to)))
-            })
-            .collect()
-    }
-
+    /// The jumps to our chains not yet in the tables of `family`.
     fn missing_jumps(&self, family: IpFamily) -> Result<Vec<Jump>, BackendError> {
-        let save = self.run_tool(family, "iptables-save", &["-t", "nat"], None)?;
-        let present = Self::jump_lines(&save);
-        Ok(JUMPS
-            .iter()
-            .filter(|j| {
-                !present
-                    .iter()
-                    .any(|l| l.starts_with(&format!("-A {} ", j.from)) && l.contains(&format!("-j {}", j.to)))
+        let save = self.run_tool(family, "iptables-save", &[], None)?;
+        let present = render::saved_jumps(&save);
+        let is_present = |j: &Jump| {
+            present.iter().any(|(t, l)| {
+                *t == j.table && l.starts_with(&format!("-A {} ", j.from)) && l.contains(&format!("-j {}", j.to))
             })
-            .copied()
-            .collect())
+        };
+        Ok(JUMPS.iter().filter(|j| !is_present(j)).copied().collect())
     }
 
     /// Writes the steering rules of `family` when they changed (always on
     /// a Full sync). Returns (rules, bytes) written.
-    fn steer(&mut self, family: IpFamily, rules: &[String], kind: SyncKind) -> Result<(usize, usize), BackendError> {
+    fn steer(&mut self, family: IpFamily, steering: &Steering, kind: SyncKind) -> Result<(usize, usize), BackendError> {
         let idx = usize::from(family == IpFamily::V6);
-        let hash = hash_rules(rules);
+        let rules: Vec<String> = steering.filter.iter().chain(&steering.nat).cloned().collect();
+        let hash = hash_rules(&rules);
         if kind == SyncKind::Partial && self.programmed[idx] == Some(hash) {
             return Ok((0, 0));
         }
@@ -245,7 +233,7 @@ impl UserspaceBackend {
             }
             Err(e) => return Err(e),
         };
-        let text = render::restore_input(rules, &missing);
+        let text = render::restore_input(steering, &missing);
         self.run_tool(
             family,
             "iptables-restore",
@@ -257,21 +245,12 @@ impl UserspaceBackend {
     }
 
     fn cleanup_family(&self, family: IpFamily) -> Result<(), BackendError> {
-        let Ok(save) = self.run_tool(family, "iptables-save", &["-t", "nat"], None) else {
+        let Ok(save) = self.run_tool(family, "iptables-save", &[], None) else {
             return Ok(()); // no tools for this family: nothing of ours there
         };
-        let ours = names::CHAINS
-            .iter()
-            .any(|c| save.lines().any(|l| l.starts_with(&format!(":{c} "))));
-        if !ours {
+        let Some(text) = render::removal_input(&save) else {
             return Ok(());
-        }
-        let mut text = String::from("*nat\n");
-        for line in Self::jump_lines(&save) {
-            text.push_str(&line.replacen("-A ", "-D ", 1));
-            text.push('\n');
-        }
-        text.push_str(render::removal_input().trim_start_matches("*nat\n"));
+        };
         self.run_tool(
             family,
             "iptables-restore",
@@ -309,8 +288,8 @@ impl Backend for UserspaceBackend {
         };
         for family in IpFamily::ALL {
             let opts = self.steering_opts(family, desired, &local_addrs);
-            let rules = render::render_steering(&opts, &self.listen_ports(&plans));
-            let (rules_written, bytes) = self.steer(family, &rules, kind)?;
+            let steering = render::render_steering(&opts, &self.listen_ports(&plans));
+            let (rules_written, bytes) = self.steer(family, &steering, kind)?;
             stats.rules_written += rules_written;
             stats.bytes_written += bytes;
         }

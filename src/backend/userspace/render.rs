@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::names::{self, JUMPS};
+use super::names::{self, JUMP_COMMENT, JUMPS, Jump, TABLES, Table};
 use super::relay::{NoEndpoints, TargetSet};
 use crate::backend::settings::{NodePortTargets, Settings};
 use crate::config::ProxyMode;
@@ -48,11 +48,25 @@ pub struct ListenerPlan {
     pub protocol: Protocol,
     /// The service port (`spec.ports[].port`).
     pub service_port: u16,
-    /// Addresses steered to the listener with `service_port`.
+    /// Addresses steered to the listener with `service_port`: the ClusterIP
+    /// (internal) or the externalIPs (external).
     pub vips: Vec<IpAddr>,
+    /// Load-balancer IPs steered to it (external listeners).
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// Sources admitted to the load-balancer IPs (`loadBalancerSourceRanges`
+    /// and the node allowance); empty: every source.
+    pub source_ranges: Vec<String>,
     /// The NodePort steered to it (external listeners; 0 for none).
     pub node_port: u16,
     pub targets: TargetSet,
+}
+
+/// The steering rules of one family, per table (iptables-restore lines
+/// without the table header).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Steering {
+    pub filter: Vec<String>,
+    pub nat: Vec<String>,
 }
 
 /// Everything the desired state asks of userspace mode.
@@ -110,6 +124,8 @@ pub fn plan_listeners(desired: &DesiredState, settings: &Settings) -> Plans {
                 protocol: port.name.protocol,
                 service_port: port.port,
                 vips,
+                load_balancer_ips: Vec::new(),
+                source_ranges: Vec::new(),
                 node_port,
                 targets: target_set(&plan, route),
             };
@@ -119,12 +135,18 @@ pub fn plan_listeners(desired: &DesiredState, settings: &Settings) -> Plans {
                     .listeners
                     .push(listener(Class::Internal, cluster, 0, plan.internal));
             }
-            let mut external = of_family(&port.external_ips);
-            external.extend(of_family(&port.load_balancer_ips));
-            if !external.is_empty() || port.node_port != 0 {
-                plans
-                    .listeners
-                    .push(listener(Class::External, external, port.node_port, plan.external));
+            let external = of_family(&port.external_ips);
+            let load_balancer_ips = of_family(&port.load_balancer_ips);
+            if !external.is_empty() || !load_balancer_ips.is_empty() || port.node_port != 0 {
+                let source_ranges = plan.firewall.as_ref().map_or_else(Vec::new, |fw| {
+                    let ranges = fw.source_ranges.iter().map(ToString::to_string);
+                    ranges.chain(fw.node_allowance.iter().map(|ip| host_net(*ip))).collect()
+                });
+                plans.listeners.push(ListenerPlan {
+                    load_balancer_ips,
+                    source_ranges,
+                    ..listener(Class::External, external, port.node_port, plan.external)
+                });
             }
         }
     }
@@ -150,20 +172,38 @@ fn target_set(plan: &PortPlan<'_>, route: Route) -> TargetSet {
     }
 }
 
-/// The steering rules (iptables-restore lines of the nat table, without
-/// the table header) for the listeners of one family, each with the port
+/// The steering rules for the listeners of one family, each with the port
 /// it listens on.
-pub fn render_steering(opts: &SteeringOpts, listeners: &[(&ListenerPlan, u16)]) -> Vec<String> {
+pub fn render_steering(opts: &SteeringOpts, listeners: &[(&ListenerPlan, u16)]) -> Steering {
     let mut container = Vec::new();
     let mut host = Vec::new();
     let mut nodeports = Vec::new();
+    let mut filter = Vec::new();
     for (l, listen) in listeners.iter().filter(|(l, _)| l.key.family == opts.family) {
         let proto = l.protocol.as_lower();
         let head = format!("-m comment --comment \"{}\" -p {proto} -m {proto}", l.key.port);
-        for vip in &l.vips {
-            let m = format!("{head} -d {} --dport {}", host_net(*vip), l.service_port);
+        let mut steer = |m: String| {
             container.push(format!("-A {} {m} {}", names::PORTALS_CONTAINER, redirect(*listen)));
             host.push(format!("-A {} {m} {}", names::PORTALS_HOST, to_listener(opts, *listen)));
+        };
+        for vip in &l.vips {
+            steer(format!("{head} -d {} --dport {}", host_net(*vip), l.service_port));
+        }
+        for lb in &l.load_balancer_ips {
+            let dst = format!("-d {} --dport {}", host_net(*lb), l.service_port);
+            if l.source_ranges.is_empty() {
+                steer(format!("{head} {dst}"));
+                continue;
+            }
+            for src in &l.source_ranges {
+                steer(format!("{head} -s {src} {dst}"));
+            }
+            // What was not redirected came from elsewhere.
+            let comment = format!("{} traffic not accepted by the source ranges", l.key.port);
+            filter.push(format!(
+                "-A {} -m comment --comment \"{comment}\" -p {proto} -m {proto} {dst} -j DROP",
+                names::PORTALS_FIREWALL
+            ));
         }
         if l.node_port != 0 {
             let dsts: Vec<String> = match &opts.nodeports {
@@ -189,39 +229,87 @@ pub fn render_steering(opts: &SteeringOpts, listeners: &[(&ListenerPlan, u16)]) 
         host.push(h);
     }
     container.extend(host);
-    container
+    Steering { filter, nat: container }
 }
 
-/// The iptables-restore input that makes the chains hold exactly `rules`,
-/// inserting the jumps listed in `missing_jumps`.
-pub fn restore_input(rules: &[String], missing_jumps: &[names::Jump]) -> String {
-    let mut text = String::from("*nat\n");
-    for chain in names::CHAINS {
-        let _ = writeln!(text, ":{chain} - [0:0]");
+/// The iptables-restore input that makes our chains hold exactly
+/// `steering`, inserting the jumps listed in `missing_jumps`.
+pub fn restore_input(steering: &Steering, missing_jumps: &[Jump]) -> String {
+    let mut text = String::new();
+    for table in TABLES {
+        let _ = writeln!(text, "*{}", table.as_str());
+        for chain in table.chains() {
+            let _ = writeln!(text, ":{chain} - [0:0]");
+        }
+        for j in missing_jumps.iter().filter(|j| j.table == table) {
+            let _ = writeln!(
+                text,
+                "-I {} -m comment --comment \"{JUMP_COMMENT}\" -j {}",
+                j.from, j.to
+            );
+        }
+        let rules = match table {
+            Table::Filter => &steering.filter,
+            Table::Nat => &steering.nat,
+        };
+        for r in rules {
+            text.push_str(r);
+            text.push('\n');
+        }
+        text.push_str("COMMIT\n");
     }
-    for j in missing_jumps {
-        let _ = writeln!(text, "-I {} -m comment --comment \"{}\" -j {}", j.from, j.comment, j.to);
-    }
-    for r in rules {
-        text.push_str(r);
-        text.push('\n');
-    }
-    text.push_str("COMMIT\n");
     text
 }
 
-/// The iptables-restore input that removes the chains (after their jumps
-/// were deleted).
-pub fn removal_input() -> String {
-    let mut text = String::from("*nat\n");
-    for chain in names::CHAINS {
-        let _ = writeln!(text, ":{chain} - [0:0]");
+/// Our jumps found in an `iptables-save` listing, with their tables.
+pub fn saved_jumps(save: &str) -> Vec<(Table, &str)> {
+    let mut table = None;
+    let mut found = Vec::new();
+    for line in save.lines() {
+        if let Some(name) = line.strip_prefix('*') {
+            table = TABLES.into_iter().find(|t| t.as_str() == name);
+            continue;
+        }
+        let Some(t) = table else { continue };
+        let ours = JUMPS.iter().any(|j| {
+            j.table == t && line.starts_with(&format!("-A {} ", j.from)) && line.contains(&format!("-j {}", j.to))
+        });
+        if ours {
+            found.push((t, line));
+        }
     }
-    for chain in names::CHAINS {
-        let _ = writeln!(text, "-X {chain}");
+    found
+}
+
+/// The iptables-restore input that deletes every jump to our chains found
+/// in `save` (whatever its comment), then the chains; None when `save`
+/// holds none of our chains.
+pub fn removal_input(save: &str) -> Option<String> {
+    let ours = save.lines().any(|l| {
+        l.strip_prefix(':')
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|chain| Table::of(chain).is_some())
+    });
+    if !ours {
+        return None;
     }
-    text.push_str("COMMIT\n");
-    text
+    let jumps = saved_jumps(save);
+    let mut text = String::new();
+    for table in TABLES {
+        let _ = writeln!(text, "*{}", table.as_str());
+        for (_, line) in jumps.iter().filter(|(t, _)| *t == table) {
+            text.push_str(&line.replacen("-A ", "-D ", 1));
+            text.push('\n');
+        }
+        for chain in table.chains() {
+            let _ = writeln!(text, ":{chain} - [0:0]");
+        }
+        for chain in table.chains() {
+            let _ = writeln!(text, "-X {chain}");
+        }
+        text.push_str("COMMIT\n");
+    }
+    Some(text)
 }
 
 /// What `render` prints: the listeners, then per family the steering
