@@ -67,7 +67,7 @@ fn restores(runner: &FakeRunner) -> Vec<FakeCall> {
     runner
         .calls()
         .into_iter()
-        .filter(|c| c.program.ends_with("tables-restore"))
+        .filter(|c| c.program.ends_with("-restore"))
         .collect()
 }
 
@@ -103,7 +103,10 @@ async fn listeners_open_per_traffic_class_and_rules_steer_to_them() {
     assert_eq!((stats.ports_total, stats.ports_written), (2, 2));
     let (internal, external) = (port_of(&b, Class::Internal), port_of(&b, Class::External));
     let v4 = &restores(&r)[0];
-    assert_eq!(v4.program, "iptables-restore");
+    assert_eq!(
+        v4.program, "iptables-nft-restore",
+        "the variant is detected as in iptables mode"
+    );
     let c = "-m comment --comment \"default/web:http\" -p tcp -m tcp";
     for line in [
         "-I PREROUTING -m comment --comment \"kproxy userspace portals\" -j KUBE-PORTALS-CONTAINER".to_string(),

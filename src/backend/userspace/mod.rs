@@ -76,6 +76,8 @@ pub struct UserspaceBackend {
     programmed: [Option<u64>; 2],
     reported_sctp: BTreeSet<ServicePortName>,
     nofile_raised: bool,
+    /// iptables-nft or -legacy, detected at the first use as iptables mode does.
+    variant: Option<Variant>,
 }
 
 // === impl UserspaceBackend ===
@@ -93,6 +95,7 @@ impl UserspaceBackend {
             programmed: [None, None],
             reported_sctp: BTreeSet::new(),
             nofile_raised: false,
+            variant: None,
         }
     }
 
@@ -171,6 +174,16 @@ impl UserspaceBackend {
             .collect()
     }
 
+    fn detect_variant(&mut self) -> Variant {
+        if let Some(v) = self.variant {
+            return v;
+        }
+        let v = Variant::detect(self.sys.runner.as_ref());
+        info!(variant = ?v, "Chose iptables variant for the steering rules");
+        self.variant = Some(v);
+        v
+    }
+
     fn run_tool(
         &self,
         family: IpFamily,
@@ -178,7 +191,7 @@ impl UserspaceBackend {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Result<String, BackendError> {
-        let program = Variant::Plain.tool(family, tool);
+        let program = self.variant.unwrap_or(Variant::Plain).tool(family, tool);
         let out = self
             .sys
             .runner
@@ -277,6 +290,7 @@ impl Backend for UserspaceBackend {
             BackendError::Unavailable(ProxyMode::Userspace, "no tokio runtime to run the relay on".into())
         })?;
         self.raise_nofile_once();
+        self.detect_variant();
         let plans = render::plan_listeners(desired, &self.settings);
         self.report_sctp(&plans.sctp);
         let ports_written = self.reconcile(&plans, &handle);
@@ -308,6 +322,7 @@ impl Backend for UserspaceBackend {
     fn cleanup(&mut self) -> Result<(), BackendError> {
         self.listeners.clear();
         self.programmed = [None, None];
+        self.detect_variant();
         for family in IpFamily::ALL {
             self.cleanup_family(family)?;
         }
