@@ -115,6 +115,23 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// kproxy restarts: the old backend goes away with its listeners (its
+    /// rules stay, as when the daemon stops), a new one syncs everything.
+    fn restart(&mut self) {
+        let handle = self.runtime.as_ref().map(|rt| rt.handle().clone());
+        let fresh = UserspaceBackend::new(
+            Sys::in_netns(self.topo.node().name()),
+            settings(),
+            RelaySettings::default(),
+            handle,
+        );
+        drop(std::mem::replace(&mut self.backend, fresh));
+        self.model.forget_programmed();
+        self.sync();
+    }
+}
+
 impl Drop for Setup {
     fn drop(&mut self) {
         let backend = &mut self.backend;
@@ -317,5 +334,34 @@ fn load_balancer_source_ranges_admit_listed_clients_only() {
         outsider,
         Err(ConnError::Timeout),
         "pod outside the source range: dropped"
+    );
+}
+
+#[test]
+fn a_udp_flow_survives_a_restart_that_moves_its_listener() {
+    let Some(mut s) = Setup::new() else { return };
+    if !netns::require_root_tools(&["conntrack"]) {
+        return;
+    }
+    s.model.apply_service(&web());
+    for slice in slices(&s.topo, &[0]) {
+        s.model.apply_slice(&slice);
+    }
+    s.sync();
+    let dns = sa(vip4(1), 53);
+    // One client socket (fixed source port) for the whole test: its
+    // conntrack entry outlives the first listener.
+    let flow = s.topo.pod(1).udp_flow(40053).expect("udp flow");
+    assert_eq!(flow.send_recv(dns, T).map(|r| r.pod), Ok("pod0".to_string()));
+    s.restart();
+    let after = s
+        .topo
+        .pod(1)
+        .wait_for(netns::Proto::Udp, dns, Duration::from_secs(1), T, |r| r.is_ok());
+    assert!(after.is_ok(), "a fresh flow works: {after:?}");
+    assert_eq!(
+        flow.send_recv(dns, T).map(|r| r.pod),
+        Ok("pod0".to_string()),
+        "the old flow is redirected to the new listener"
     );
 }

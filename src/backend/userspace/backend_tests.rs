@@ -295,3 +295,51 @@ fn without_a_runtime_the_backend_renders_but_does_not_sync() {
     ));
     assert!(r.calls().is_empty());
 }
+
+#[tokio::test]
+async fn udp_entries_redirected_to_old_listener_ports_are_deleted_once() {
+    let r = runner("");
+    let mut b = backend(&r);
+    let mut m = model();
+    m.apply_service(
+        &mk_service("default", "dns")
+            .type_("NodePort")
+            .cluster_ip("198.19.0.53")
+            .node_port("dns", 53, "UDP", 30053)
+            .target_port(5353)
+            .build(),
+    );
+    m.apply_slice(
+        &mk_slice("default", "dns-1", "dns")
+            .port("dns", 5353, "UDP")
+            .endpoints(&["198.18.1.10"])
+            .build(),
+    );
+    let conntrack = |r: &FakeRunner| -> Vec<String> {
+        r.calls()
+            .into_iter()
+            .filter(|c| c.program == "conntrack")
+            .map(|c| c.args.join(" "))
+            .collect()
+    };
+    // First sync (as after a restart): entries may still point at the
+    // ports of a previous run.
+    sync(&mut b, &mut m, SyncKind::Full);
+    assert_eq!(
+        conntrack(&r),
+        vec![
+            "-D -f ipv4 -p udp --orig-dst 198.19.0.53",
+            "-D -f ipv4 -p udp --orig-port-dst 30053",
+        ]
+    );
+    // Same listeners, new endpoints: nothing to delete.
+    r.clear();
+    m.apply_slice(
+        &mk_slice("default", "dns-1", "dns")
+            .port("dns", 5353, "UDP")
+            .endpoints(&["198.18.1.11"])
+            .build(),
+    );
+    sync(&mut b, &mut m, SyncKind::Full);
+    assert!(conntrack(&r).is_empty(), "{:?}", conntrack(&r));
+}

@@ -41,7 +41,8 @@ use self::names::{JUMPS, Jump};
 use super::iptables::{Variant, restore_error_context};
 use super::{Backend, BackendError, SyncKind, SyncStats, ToolFailure, hash_rules};
 use crate::config::ProxyMode;
-use crate::model::{ChangeSet, DesiredState, IpFamily, ServicePortName};
+use crate::conntrack::StaleFlow;
+use crate::model::{ChangeSet, DesiredState, IpFamily, Protocol, ServicePortName};
 use crate::sys::Sys;
 
 pub mod balancer;
@@ -78,6 +79,8 @@ pub struct UserspaceBackend {
     nofile_raised: bool,
     /// iptables-nft or -legacy, detected at the first use as iptables mode does.
     variant: Option<Variant>,
+    /// The port each UDP listener's steering rules last sent traffic to.
+    udp_steered: BTreeMap<ListenerKey, u16>,
 }
 
 // === impl UserspaceBackend ===
@@ -96,6 +99,7 @@ impl UserspaceBackend {
             reported_sctp: BTreeSet::new(),
             nofile_raised: false,
             variant: None,
+            udp_steered: BTreeMap::new(),
         }
     }
 
@@ -257,6 +261,39 @@ impl UserspaceBackend {
         Ok((rules.len(), text.len()))
     }
 
+    /// UDP flows whose conntrack entries still redirect to a listener port
+    /// the rules no longer use (a listener re-opened, e.g. after a restart):
+    /// UDP has no close, so such an entry would keep sending a client's
+    /// datagrams to a closed port. Records the ports now steered to.
+    fn redirected_udp_flows(&mut self, family: IpFamily, plans: &Plans) -> Vec<StaleFlow> {
+        let mut flows = Vec::new();
+        let udp = |l: &&ListenerPlan| l.key.family == family && l.protocol == Protocol::Udp;
+        for l in plans.listeners.iter().filter(udp) {
+            let Some(port) = self.listeners.get(&l.key).map(|r| r.local_addr().port()) else {
+                continue;
+            };
+            if self.udp_steered.insert(l.key.clone(), port) == Some(port) {
+                continue;
+            }
+            for vip in l.vips.iter().chain(&l.load_balancer_ips) {
+                flows.push(StaleFlow::Vip {
+                    protocol: Protocol::Udp,
+                    vip: *vip,
+                });
+            }
+            if l.node_port != 0 {
+                flows.push(StaleFlow::NodePort {
+                    protocol: Protocol::Udp,
+                    port: l.node_port,
+                    family,
+                });
+            }
+        }
+        let open: BTreeSet<&ListenerKey> = plans.listeners.iter().filter(udp).map(|l| &l.key).collect();
+        self.udp_steered.retain(|k, _| k.family != family || open.contains(k));
+        flows
+    }
+
     fn cleanup_family(&self, family: IpFamily) -> Result<(), BackendError> {
         let Ok(save) = self.run_tool(family, "iptables-save", &[], None) else {
             return Ok(()); // no tools for this family: nothing of ours there
@@ -306,6 +343,12 @@ impl Backend for UserspaceBackend {
             let (rules_written, bytes) = self.steer(family, &steering, kind)?;
             stats.rules_written += rules_written;
             stats.bytes_written += bytes;
+            let stale = self.redirected_udp_flows(family, &plans);
+            if !stale.is_empty() {
+                let cleaned = crate::conntrack::Cleaner::new(self.sys.clone()).delete(&stale);
+                debug!(family = %family, flows = stale.len(), deleted = cleaned.deleted_entries,
+                    "Deleted UDP conntrack entries redirected to old listener ports");
+            }
         }
         Ok(stats)
     }
@@ -322,6 +365,7 @@ impl Backend for UserspaceBackend {
     fn cleanup(&mut self) -> Result<(), BackendError> {
         self.listeners.clear();
         self.programmed = [None, None];
+        self.udp_steered.clear();
         self.detect_variant();
         for family in IpFamily::ALL {
             self.cleanup_family(family)?;
