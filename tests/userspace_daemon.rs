@@ -30,6 +30,21 @@ fn slice(eps: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
         .build()
 }
 
+/// The status code of GET `path` from `addr` inside `ns`.
+fn http_status(ns: &netns::Netns, addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = addr.parse().ok()?;
+    let path = path.to_string();
+    ns.run_in(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, T).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        buf.split_whitespace().nth(1)?.parse().ok()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_relays_service_traffic_and_cleans_up() {
     if !netns::require_root_tools(&["ip", "iptables-restore", "iptables-save", "ip6tables-save"]) {
@@ -96,6 +111,19 @@ async fn daemon_relays_service_traffic_and_cleans_up() {
     assert_eq!(reply.as_ref().map(|r| r.pod.as_str()), Ok("pod0"), "client → NodePort");
     let listing = node.exec_ok(&["iptables-save", "-t", "nat"]);
     assert!(listing.contains("-A KUBE-PORTALS-CONTAINER"), "{listing}");
+    // Health and metrics work in this mode too.
+    assert_eq!(
+        http_status(node, "127.0.0.1:10256", "/healthz"),
+        Some(200),
+        "{}",
+        show_log()
+    );
+    assert_eq!(
+        http_status(node, "127.0.0.1:10249", "/metrics"),
+        Some(200),
+        "{}",
+        show_log()
+    );
 
     // The endpoint moves to pod1: new connections follow.
     api.apply_slice(slice(&["198.18.1.11"]));
