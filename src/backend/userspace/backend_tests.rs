@@ -343,3 +343,33 @@ async fn udp_entries_redirected_to_old_listener_ports_are_deleted_once() {
     sync(&mut b, &mut m, SyncKind::Full);
     assert!(conntrack(&r).is_empty(), "{:?}", conntrack(&r));
 }
+
+#[tokio::test]
+async fn sync_stats_count_ports_without_local_endpoints_per_family() {
+    let r = runner("");
+    let mut b = backend(&r);
+    let mut m = model();
+    m.apply_service(
+        &mk_service("default", "local")
+            .type_("NodePort")
+            .cluster_ip("198.19.0.4")
+            .node_port("http", 80, "TCP", 30082)
+            .target_port(8080)
+            .external_traffic_policy_local()
+            .health_check_node_port(32100)
+            .build(),
+    );
+    m.apply_slice(
+        &mk_slice("default", "local-1", "local")
+            .port("http", 8080, "TCP")
+            .endpoint_on("198.18.1.20", "node-b")
+            .build(),
+    );
+    let stats = sync(&mut b, &mut m, SyncKind::Full);
+    let families: Vec<(IpFamily, usize, usize)> = stats
+        .families
+        .iter()
+        .map(|f| (f.family, f.no_local_internal, f.no_local_external))
+        .collect();
+    assert_eq!(families, vec![(IpFamily::V4, 0, 1)], "IPv4 only: no IPv6 service");
+}

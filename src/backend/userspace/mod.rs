@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 
 use self::names::{JUMPS, Jump};
 use super::iptables::{Variant, restore_error_context};
-use super::{Backend, BackendError, SyncKind, SyncStats, ToolFailure, hash_rules};
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, ToolFailure, hash_rules};
 use crate::config::ProxyMode;
 use crate::conntrack::StaleFlow;
 use crate::model::{ChangeSet, DesiredState, IpFamily, Protocol, ServicePortName};
@@ -81,6 +81,13 @@ pub struct UserspaceBackend {
     variant: Option<Variant>,
     /// The port each UDP listener's steering rules last sent traffic to.
     udp_steered: BTreeMap<ListenerKey, u16>,
+}
+
+/// What one family's part of a sync wrote.
+struct FamilySync {
+    rules_written: usize,
+    bytes_written: usize,
+    family: FamilyStats,
 }
 
 // === impl UserspaceBackend ===
@@ -261,6 +268,40 @@ impl UserspaceBackend {
         Ok((rules.len(), text.len()))
     }
 
+    /// Steers one family to the open listeners and moves its redirected
+    /// UDP flows to them.
+    fn sync_family(
+        &mut self,
+        family: IpFamily,
+        desired: &DesiredState,
+        plans: &Plans,
+        local_addrs: &[IpAddr],
+        kind: SyncKind,
+    ) -> Result<FamilySync, BackendError> {
+        let started = std::time::Instant::now();
+        let opts = self.steering_opts(family, desired, local_addrs);
+        let steering = render::render_steering(&opts, &self.listen_ports(plans));
+        let (rules_written, bytes_written) = self.steer(family, &steering, kind)?;
+        let stale = self.redirected_udp_flows(family, plans);
+        if !stale.is_empty() {
+            let cleaned = crate::conntrack::Cleaner::new(self.sys.clone()).delete(&stale);
+            debug!(family = %family, flows = stale.len(), deleted = cleaned.deleted_entries,
+                "Deleted UDP conntrack entries redirected to old listener ports");
+        }
+        let (no_local_internal, no_local_external) = plans.no_local[usize::from(family == IpFamily::V6)];
+        Ok(FamilySync {
+            rules_written,
+            bytes_written,
+            family: FamilyStats {
+                family,
+                elapsed: started.elapsed(),
+                no_local_internal,
+                no_local_external,
+                ..FamilyStats::default()
+            },
+        })
+    }
+
     /// UDP flows whose conntrack entries still redirect to a listener port
     /// the rules no longer use (a listener re-opened, e.g. after a restart):
     /// UDP has no close, so such an entry would keep sending a client's
@@ -337,17 +378,13 @@ impl Backend for UserspaceBackend {
             ports_total: self.listeners.len(),
             ..SyncStats::default()
         };
+        let rendered: Vec<IpFamily> = crate::backend::rendered_families(desired).collect();
         for family in IpFamily::ALL {
-            let opts = self.steering_opts(family, desired, &local_addrs);
-            let steering = render::render_steering(&opts, &self.listen_ports(&plans));
-            let (rules_written, bytes) = self.steer(family, &steering, kind)?;
-            stats.rules_written += rules_written;
-            stats.bytes_written += bytes;
-            let stale = self.redirected_udp_flows(family, &plans);
-            if !stale.is_empty() {
-                let cleaned = crate::conntrack::Cleaner::new(self.sys.clone()).delete(&stale);
-                debug!(family = %family, flows = stale.len(), deleted = cleaned.deleted_entries,
-                    "Deleted UDP conntrack entries redirected to old listener ports");
+            let family_stats = self.sync_family(family, desired, &plans, &local_addrs, kind)?;
+            stats.rules_written += family_stats.rules_written;
+            stats.bytes_written += family_stats.bytes_written;
+            if rendered.contains(&family) {
+                stats.families.push(family_stats.family);
             }
         }
         Ok(stats)

@@ -75,6 +75,9 @@ pub struct Plans {
     pub listeners: Vec<ListenerPlan>,
     /// SCTP service ports: not relayed.
     pub sctp: Vec<ServicePortName>,
+    /// Per family (V4, V6): service ports whose internal / external traffic
+    /// is dropped for lack of a local endpoint, for the metrics.
+    pub no_local: [(usize, usize); 2],
 }
 
 /// Where the steering rules of one family send traffic.
@@ -112,6 +115,10 @@ pub fn plan_listeners(desired: &DesiredState, settings: &Settings) -> Plans {
                 continue;
             }
             let plan = PortPlan::new(state, &ctx);
+            let no_local = plan.no_local();
+            let counts = &mut plans.no_local[usize::from(family == IpFamily::V6)];
+            counts.0 += usize::from(no_local.internal);
+            counts.1 += usize::from(no_local.external);
             let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> {
                 ips.iter().copied().filter(|ip| IpFamily::of(ip) == family).collect()
             };
