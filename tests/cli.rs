@@ -174,6 +174,7 @@ fn help_lists_every_flag() {
         "--min-sync-period",
         "--metrics-bind-address",
         "--healthz-bind-address",
+        "--udp-timeout",
         "--cleanup",
         "-v, --v",
         "--config",

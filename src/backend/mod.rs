@@ -168,6 +168,7 @@ pub fn for_mode(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Result<Box
     match cfg.mode {
         ProxyMode::Iptables => Ok(Box::new(iptables_backend(cfg, sys))),
         ProxyMode::Nftables => Ok(Box::new(nftables_backend(cfg, sys))),
+        ProxyMode::Userspace => Ok(Box::new(userspace_backend(cfg, sys))),
         mode => Err(BackendError::Unavailable(mode, "not implemented yet".into())),
     }
 }
@@ -184,7 +185,8 @@ pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Bo
     vec![
         Box::new(iptables_backend(cfg, sys.clone())),
         Box::new(nftables_backend(cfg, sys.clone())),
-        Box::new(ipvs::IpvsBackend::new(sys)),
+        Box::new(ipvs::IpvsBackend::new(sys.clone())),
+        Box::new(userspace_backend(cfg, sys)),
     ]
 }
 
@@ -195,6 +197,17 @@ pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box
         .into_iter()
         .filter(|b| b.mode() != cfg.mode)
         .collect()
+}
+
+/// The relays run on the runtime the backend is created on (the daemon's);
+/// without one (e.g. a synchronous caller) it can render and clean up only.
+fn userspace_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> userspace::UserspaceBackend {
+    let handle = tokio::runtime::Handle::try_current().ok();
+    let relay = userspace::Settings {
+        udp_idle_timeout: cfg.udp_idle_timeout,
+        ..userspace::Settings::default()
+    };
+    userspace::UserspaceBackend::new(sys, Settings::from_config(cfg), relay, handle)
 }
 
 fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {

@@ -71,6 +71,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `conntrack.tcpBeLiberal`: when set, kube-proxy skips the INVALID drop.
     pub conntrack_tcp_be_liberal: bool,
+    /// `--udp-timeout` / `udpIdleTimeout`: how long userspace mode keeps an
+    /// idle UDP session.
+    pub udp_idle_timeout: Duration,
 }
 
 /// A configuration error: printed as one line, exit code 2.
@@ -93,6 +96,8 @@ pub const DEFAULT_HEALTHZ_BIND: &str = "0.0.0.0:10256";
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 pub const DEFAULT_MASQUERADE_BIT: u8 = 14;
+/// kube-proxy's `--udp-timeout` default (userspace mode).
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_millis(250);
 
 // === impl ProxyMode ===
 
@@ -149,6 +154,7 @@ impl Default for Config {
             verbosity: 0,
             log_format: LogFormat::Text,
             conntrack_tcp_be_liberal: false,
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
         }
     }
 }
@@ -283,6 +289,18 @@ impl Config {
             "config healthzBindAddress",
         ) {
             cfg.healthz_bind_address = parse_bind(&text, 10256, src)?;
+        }
+        if let Some((text, src)) = pick(
+            &flags.udp_timeout,
+            "--udp-timeout",
+            &file.udp_idle_timeout,
+            "config udpIdleTimeout",
+        ) {
+            let d = duration(&text, src)?;
+            if d.is_zero() {
+                return Err(value_err(src, &text, "must be greater than 0"));
+            }
+            cfg.udp_idle_timeout = d;
         }
         cfg.cleanup = flags.cleanup;
         cfg.verbosity = flags.verbosity.unwrap_or(0);

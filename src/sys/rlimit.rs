@@ -1,5 +1,5 @@
 //! The open-file limit (`RLIMIT_NOFILE`). The userspace relay holds two
-//! descriptors per TCP connection (four with splice pipes), so kproxy raises
+//! descriptors per TCP connection (six with splice pipes), so kproxy raises
 //! its soft limit to the hard limit at start, as kube-proxy's userspace
 //! proxier did.
 

@@ -153,6 +153,22 @@ pub struct IptablesBackend {
 // === impl Variant ===
 
 impl Variant {
+    /// iptables-nft or iptables-legacy: whichever already holds rules wins
+    /// (legacy only with strictly more), as kube-proxy's image wrapper
+    /// decides; plain `iptables` when neither variant exists.
+    pub fn detect(runner: &dyn crate::sys::CommandRunner) -> Variant {
+        let count = |tool: &str| -> Option<usize> {
+            let out = runner.run(tool, &[], None).ok()?;
+            (out.status == 0).then(|| out.stdout.lines().filter(|l| l.starts_with("-A")).count())
+        };
+        match (count("iptables-nft-save"), count("iptables-legacy-save")) {
+            (Some(nft), Some(legacy)) if legacy > nft => Variant::Legacy,
+            (Some(_), _) => Variant::Nft,
+            (None, Some(_)) => Variant::Legacy,
+            (None, None) => Variant::Plain,
+        }
+    }
+
     /// The binary name for `tool` (`iptables`, `iptables-restore`,
     /// `iptables-save`) in `family`.
     pub fn tool(self, family: IpFamily, tool: &str) -> String {
@@ -227,23 +243,12 @@ impl IptablesBackend {
         self.families.iter().find(|f| f.family == family)?.last_input.as_deref()
     }
 
-    /// Detects iptables-nft vs iptables-legacy: whichever already holds
-    /// rules wins (legacy only with strictly more), as kube-proxy's image
-    /// wrapper decides; plain `iptables` when neither variant exists.
+    /// The variant, detected once ([`Variant::detect`]) unless given.
     fn variant(&mut self) -> Variant {
         if let Some(v) = self.variant {
             return v;
         }
-        let count = |tool: &str| -> Option<usize> {
-            let out = self.sys.runner.run(tool, &[], None).ok()?;
-            (out.status == 0).then(|| out.stdout.lines().filter(|l| l.starts_with("-A")).count())
-        };
-        let v = match (count("iptables-nft-save"), count("iptables-legacy-save")) {
-            (Some(nft), Some(legacy)) if legacy > nft => Variant::Legacy,
-            (Some(_), _) => Variant::Nft,
-            (None, Some(_)) => Variant::Legacy,
-            (None, None) => Variant::Plain,
-        };
+        let v = Variant::detect(self.sys.runner.as_ref());
         info!(variant = ?v, "Chose iptables variant");
         self.variant = Some(v);
         v

@@ -68,7 +68,7 @@ pub enum NoEndpoints {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CopyMode {
     /// `splice(2)` through a pipe per direction: the payload stays in the
-    /// kernel (two more descriptors per connection).
+    /// kernel; each connection holds four more descriptors (two pipes).
     #[default]
     Splice,
     /// `tokio::io::copy_bidirectional` through userspace buffers.
