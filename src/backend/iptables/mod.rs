@@ -169,6 +169,51 @@ impl Variant {
         }
     }
 
+    /// `cached`, or detected now ([`Variant::detect`]) and remembered there.
+    pub fn detect_once(cached: &mut Option<Variant>, runner: &dyn crate::sys::CommandRunner) -> Variant {
+        if let Some(v) = *cached {
+            return v;
+        }
+        let v = Variant::detect(runner);
+        info!(variant = ?v, "Chose iptables variant");
+        *cached = Some(v);
+        v
+    }
+
+    /// Runs this variant's `tool` for `family`; a non-zero exit is an
+    /// `Apply` error with the offending restore input lines as context.
+    pub fn run(
+        self,
+        sys: &Sys,
+        family: IpFamily,
+        tool: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<String, BackendError> {
+        let program = self.tool(family, tool);
+        let out = sys
+            .runner
+            .run(&program, args, stdin)
+            .map_err(|source| BackendError::Exec {
+                family: Some(family),
+                tool: program.clone(),
+                source,
+            })?;
+        if out.status != 0 {
+            let context = stdin.and_then(|input| restore_error_context(&out.stderr, input));
+            return Err(BackendError::Apply {
+                family: Some(family),
+                tool: program,
+                source: ToolFailure {
+                    status: out.status,
+                    stderr: out.stderr.trim().to_string(),
+                },
+                context,
+            });
+        }
+        Ok(out.stdout)
+    }
+
     /// The binary name for `tool` (`iptables`, `iptables-restore`,
     /// `iptables-save`) in `family`.
     pub fn tool(self, family: IpFamily, tool: &str) -> String {
@@ -245,13 +290,7 @@ impl IptablesBackend {
 
     /// The variant, detected once ([`Variant::detect`]) unless given.
     fn variant(&mut self) -> Variant {
-        if let Some(v) = self.variant {
-            return v;
-        }
-        let v = Variant::detect(self.sys.runner.as_ref());
-        info!(variant = ?v, "Chose iptables variant");
-        self.variant = Some(v);
-        v
+        Variant::detect_once(&mut self.variant, self.sys.runner.as_ref())
     }
 
     fn run_tool(
@@ -262,29 +301,7 @@ impl IptablesBackend {
         stdin: Option<&[u8]>,
     ) -> Result<String, BackendError> {
         let variant = self.variant.unwrap_or(Variant::Plain);
-        let program = variant.tool(family, tool);
-        let out = self
-            .sys
-            .runner
-            .run(&program, args, stdin)
-            .map_err(|source| BackendError::Exec {
-                family: Some(family),
-                tool: program.clone(),
-                source,
-            })?;
-        if out.status != 0 {
-            let context = stdin.and_then(|input| restore_error_context(&out.stderr, input));
-            return Err(BackendError::Apply {
-                family: Some(family),
-                tool: program,
-                source: ToolFailure {
-                    status: out.status,
-                    stderr: out.stderr.trim().to_string(),
-                },
-                context,
-            });
-        }
-        Ok(out.stdout)
+        variant.run(&self.sys, family, tool, args, stdin)
     }
 
     /// Whether the family's tools exist (probed once).

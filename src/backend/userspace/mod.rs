@@ -38,8 +38,8 @@ use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
 use self::names::{JUMPS, Jump};
-use super::iptables::{Variant, restore_error_context};
-use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, ToolFailure, hash_rules};
+use super::iptables::Variant;
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, hash_rules};
 use crate::config::ProxyMode;
 use crate::conntrack::StaleFlow;
 use crate::model::{ChangeSet, DesiredState, IpFamily, Protocol, ServicePortName};
@@ -186,13 +186,7 @@ impl UserspaceBackend {
     }
 
     fn detect_variant(&mut self) -> Variant {
-        if let Some(v) = self.variant {
-            return v;
-        }
-        let v = Variant::detect(self.sys.runner.as_ref());
-        info!(variant = ?v, "Chose iptables variant for the steering rules");
-        self.variant = Some(v);
-        v
+        Variant::detect_once(&mut self.variant, self.sys.runner.as_ref())
     }
 
     fn run_tool(
@@ -202,28 +196,8 @@ impl UserspaceBackend {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Result<String, BackendError> {
-        let program = self.variant.unwrap_or(Variant::Plain).tool(family, tool);
-        let out = self
-            .sys
-            .runner
-            .run(&program, args, stdin)
-            .map_err(|source| BackendError::Exec {
-                family: Some(family),
-                tool: program.clone(),
-                source,
-            })?;
-        if out.status != 0 {
-            return Err(BackendError::Apply {
-                family: Some(family),
-                tool: program,
-                source: ToolFailure {
-                    status: out.status,
-                    stderr: out.stderr.trim().to_string(),
-                },
-                context: stdin.and_then(|input| restore_error_context(&out.stderr, input)),
-            });
-        }
-        Ok(out.stdout)
+        let variant = self.variant.unwrap_or(Variant::Plain);
+        variant.run(&self.sys, family, tool, args, stdin)
     }
 
     /// The jumps to our chains not yet in the tables of `family`.
