@@ -210,9 +210,19 @@ fn userspace_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> users
     userspace::UserspaceBackend::new(sys, Settings::from_config(cfg), relay, handle)
 }
 
+/// With KEP-6032's localhost NodePorts on (and a runtime to relay on), the
+/// backend owns a forwarder built on the userspace relay engine.
 fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {
     // The kernel version (delayed deletion of stale chains) is read at the first sync.
-    nftables::NftablesBackend::new(sys, Settings::from_config(cfg), None)
+    let backend = nftables::NftablesBackend::new(sys, Settings::from_config(cfg), None);
+    let handle = tokio::runtime::Handle::try_current().ok();
+    match handle.filter(|_| cfg.localhost_nodeport_proxy()) {
+        Some(handle) => backend.with_localhost_forwarder(nftables::localhost::LocalhostForwarder::new(
+            handle,
+            userspace::relay::Settings::default(),
+        )),
+        None => backend,
+    }
 }
 
 fn iptables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> iptables::IptablesBackend {
