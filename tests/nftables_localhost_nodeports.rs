@@ -27,6 +27,9 @@ use netns::{ConnError, Proto, Topology};
 const T: Duration = Duration::from_secs(2);
 const TCP_NODE_PORT: u16 = 30100;
 const UDP_NODE_PORT: u16 = 30101;
+const SPREAD_NODE_PORT: u16 = 30102;
+const STICKY_NODE_PORT: u16 = 30103;
+const REMOTE_NODE_PORT: u16 = 30104;
 const GATE: &str = "KubeProxyNFTablesLocalhostNodePorts=true";
 
 /// A running kproxy and what it needs; the daemon is stopped on drop.
@@ -50,9 +53,10 @@ impl Drop for Daemon<'_> {
     }
 }
 
-/// A dual-stack TCP NodePort service `web` (pod0 in both families) and a
-/// UDP NodePort service `dns` (pod1), then kproxy in nftables mode with
-/// `extra` flags.
+/// A dual-stack TCP NodePort service `web` (pod0 in both families), a UDP
+/// NodePort service `dns` (pod1), `spread` and `sticky` (both pods; sticky
+/// with ClientIP affinity), `remote` (externalTrafficPolicy Local, its only
+/// endpoint on another node), then kproxy in nftables mode with `extra` flags.
 async fn start<'t>(topo: &'t Topology, label: &str, extra: &[&str]) -> Daemon<'t> {
     let node = topo.node();
     let listener = node
@@ -100,6 +104,35 @@ async fn start<'t>(topo: &'t Topology, label: &str, extra: &[&str]) -> Daemon<'t
             .endpoint_on(&topo.pod_ip(1).to_string(), "node-a")
             .build(),
     );
+
+    for (name, ip, node_port, affinity, local) in [
+        ("spread", "198.19.0.12", SPREAD_NODE_PORT, false, false),
+        ("sticky", "198.19.0.13", STICKY_NODE_PORT, true, false),
+        ("remote", "198.19.0.14", REMOTE_NODE_PORT, false, true),
+    ] {
+        let mut svc = mk_service("default", name)
+            .cluster_ip(ip)
+            .type_("NodePort")
+            .node_port("http", 80, "TCP", i32::from(node_port))
+            .target_port(8080);
+        if affinity {
+            svc = svc.client_ip_affinity(Some(600));
+        }
+        if local {
+            svc = svc.external_traffic_policy_local();
+        }
+        api.apply_service(svc.build());
+        let pods: &[(usize, &str)] = if local {
+            &[(1, "node-b")]
+        } else {
+            &[(0, "node-a"), (1, "node-a")]
+        };
+        let slice = pods.iter().fold(
+            mk_slice("default", &format!("{name}-1"), name).port("http", 8080, "TCP"),
+            |b, (i, node)| b.endpoint_on(&topo.pod_ip(*i).to_string(), node),
+        );
+        api.apply_slice(slice.build());
+    }
 
     let log = std::fs::File::create(dir.join("kproxy.log")).expect("log file");
     let mut cmd = node.command(env!("CARGO_BIN_EXE_kproxy"));
@@ -197,6 +230,27 @@ async fn localhost_nodeports_are_relayed_with_the_gate_and_udp_is_refused_and_co
             daemon.log()
         );
     }
+    // Round robin over both pods, unless ClientIP affinity pins the client
+    // (every client is 127.0.0.1) to one of them.
+    let tally = |port: u16| node.tally_tcp(SocketAddr::from(([127, 0, 0, 1], port)), 6, T);
+    let spread = tally(SPREAD_NODE_PORT);
+    assert_eq!(
+        spread.keys().collect::<Vec<_>>(),
+        ["pod0", "pod1"],
+        "no affinity: {spread:?}"
+    );
+    let sticky = tally(STICKY_NODE_PORT);
+    assert!(
+        sticky.len() == 1 && sticky.keys().all(|k| k.starts_with("pod")),
+        "affinity: {sticky:?}"
+    );
+    // externalTrafficPolicy Local without a local endpoint: no listener.
+    let remote = SocketAddr::from(([127, 0, 0, 1], REMOTE_NODE_PORT));
+    assert_eq!(
+        node.tcp_request(remote, T).map(|r| r.pod),
+        Err(ConnError::Refused),
+        "Local, none here"
+    );
     // The node's other addresses take no NodePorts (only localhost is listed).
     let on_node_ip: SocketAddr = "198.18.2.1:30100".parse().expect("addr");
     assert!(topo.client().tcp_request(on_node_ip, T).is_err(), "client → node IP");
