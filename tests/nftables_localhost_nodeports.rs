@@ -30,6 +30,7 @@ const UDP_NODE_PORT: u16 = 30101;
 const SPREAD_NODE_PORT: u16 = 30102;
 const STICKY_NODE_PORT: u16 = 30103;
 const REMOTE_NODE_PORT: u16 = 30104;
+const BUSY_NODE_PORT: u16 = 30105;
 const GATE: &str = "KubeProxyNFTablesLocalhostNodePorts=true";
 
 /// A running kproxy and what it needs; the daemon is stopped on drop.
@@ -109,6 +110,7 @@ async fn start<'t>(topo: &'t Topology, label: &str, extra: &[&str]) -> Daemon<'t
         ("spread", "198.19.0.12", SPREAD_NODE_PORT, false, false),
         ("sticky", "198.19.0.13", STICKY_NODE_PORT, true, false),
         ("remote", "198.19.0.14", REMOTE_NODE_PORT, false, true),
+        ("busy", "198.19.0.15", BUSY_NODE_PORT, false, false),
     ] {
         let mut svc = mk_service("default", name)
             .cluster_ip(ip)
@@ -153,6 +155,8 @@ async fn start<'t>(topo: &'t Topology, label: &str, extra: &[&str]) -> Daemon<'t
         "127.0.0.1:10256",
         "--min-sync-period",
         "0s",
+        "--sync-period",
+        "2s",
         "-v",
         "4",
     ])
@@ -217,6 +221,11 @@ async fn localhost_nodeports_are_relayed_with_the_gate_and_udp_is_refused_and_co
     }
     let topo = Topology::builder().pods(2).ipv6(true).build();
     topo.start_servers(8080, 5353);
+    // Another process holds one NodePort on 127.0.0.1.
+    let squatter = topo
+        .node()
+        .tcp_listener(SocketAddr::from(([127, 0, 0, 1], BUSY_NODE_PORT)))
+        .expect("hold the busy port");
     let daemon = start(&topo, "on", &["--feature-gates", GATE]).await;
     let node = topo.node();
 
@@ -277,6 +286,30 @@ async fn localhost_nodeports_are_relayed_with_the_gate_and_udp_is_refused_and_co
         after >= 3,
         "3 rejected datagrams counted, got {after}\n{}",
         metrics(&daemon)
+    );
+    // Listeners per family (web, spread, sticky; web also on ::1), and the
+    // busy port counted as a failure, then opened once it is free.
+    let text = metrics(&daemon);
+    let listeners = "kubeproxy_nftables_localhost_nodeport_listeners";
+    assert_eq!(
+        sample(&text, &format!("{listeners}{{ip_family=\"IPv4\"}}")),
+        Some(3),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!("{listeners}{{ip_family=\"IPv6\"}}")),
+        Some(1),
+        "{text}"
+    );
+    let failures = "kubeproxy_nftables_localhost_nodeport_listener_creation_failures_total{ip_family=\"IPv4\"}";
+    assert!(sample(&text, failures).is_some_and(|n| n >= 1), "{text}");
+    drop(squatter);
+    let busy = SocketAddr::from(([127, 0, 0, 1], BUSY_NODE_PORT));
+    let reply = node.wait_reply(Proto::Tcp, busy, Duration::from_secs(20));
+    assert!(
+        reply.is_ok(),
+        "busy port opened at a later sync: {reply:?}\n{}",
+        daemon.log()
     );
     // The same UDP service still works on its ClusterIP from a pod.
     let vip: SocketAddr = "198.19.0.11:53".parse().expect("vip");

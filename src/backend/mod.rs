@@ -74,6 +74,11 @@ pub struct FamilyStats {
     /// Service ports with Local internal / external policy and no local endpoints.
     pub no_local_internal: usize,
     pub no_local_external: usize,
+    /// nftables with KEP-6032's forwarder: the localhost NodePort listeners
+    /// open after this sync (None: no forwarder).
+    pub localhost_listeners: Option<usize>,
+    /// Localhost NodePort listeners this sync could not open.
+    pub localhost_bind_failures: usize,
 }
 
 /// Why a sync or cleanup failed. Each variant names the IP family it is

@@ -98,6 +98,8 @@ struct Inner {
     iptables_total: Family<TableLabel, Gauge>,
     iptables_last: Family<TableLabel, Gauge>,
     nftables_sync_failures: Family<FamilyLabel, Counter>,
+    localhost_listeners: Family<FamilyLabel, Gauge>,
+    localhost_listener_failures: Family<FamilyLabel, Counter>,
     healthz: Family<CodeLabel, Counter>,
     livez: Family<CodeLabel, Counter>,
     conntrack_duration: Family<FamilyLabel, Histogram>,
@@ -203,6 +205,8 @@ impl Metrics {
             iptables_total: Family::default(),
             iptables_last: Family::default(),
             nftables_sync_failures: Family::default(),
+            localhost_listeners: Family::default(),
+            localhost_listener_failures: Family::default(),
             healthz: Family::default(),
             livez: Family::default(),
             conntrack_duration,
@@ -324,6 +328,16 @@ impl Metrics {
         );
         r.register_collector(Box::new(process::ProcessCollector::new()));
         if let Some(source) = rejected {
+            r.register(
+                "kubeproxy_nftables_localhost_nodeport_listeners",
+                "Number of localhost NodePort listeners open",
+                i.localhost_listeners.clone(),
+            );
+            r.register(
+                "kubeproxy_nftables_localhost_nodeport_listener_creation_failures",
+                "Localhost NodePort listeners that could not be opened (retried at the next sync)",
+                i.localhost_listener_failures.clone(),
+            );
             r.register_collector(Box::new(RejectedPacketsCollector { source }));
         }
         Self {
@@ -368,6 +382,14 @@ impl Metrics {
                         traffic_policy: policy.to_string(),
                     })
                     .set(gauge_value(n));
+            }
+            if let Some(n) = f.localhost_listeners {
+                i.localhost_listeners.get_or_create(&fam(f.family)).set(gauge_value(n));
+            }
+            if f.localhost_bind_failures > 0 {
+                i.localhost_listener_failures
+                    .get_or_create(&fam(f.family))
+                    .inc_by(f.localhost_bind_failures as u64);
             }
             if self.mode == ProxyMode::Iptables {
                 for (table, n) in &f.rules_total {
@@ -582,6 +604,7 @@ mod tests {
                 rules_last: vec![("nat", 4)],
                 no_local_internal: 1,
                 no_local_external: 0,
+                ..Default::default()
             }],
             ..SyncStats::default()
         };

@@ -53,6 +53,14 @@ pub struct LocalhostForwarder {
     listeners: BTreeMap<(ServicePortName, IpFamily), Relay>,
 }
 
+/// The listeners of one family after a reconcile.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerCount {
+    pub open: usize,
+    /// Wanted but not opened (bind failed); tried again at the next sync.
+    pub failed: usize,
+}
+
 /// Packets refused on localhost NodePorts, per family and protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RejectedCount {
@@ -114,9 +122,10 @@ impl LocalhostForwarder {
         }
     }
 
-    /// Opens, retargets and closes listeners to match `wanted`. Returns the
-    /// number of listeners open per family (V4, V6).
-    pub fn reconcile(&mut self, wanted: &[Forwarder]) -> [usize; 2] {
+    /// Opens, retargets and closes listeners to match `wanted`. Returns, per
+    /// family (V4, V6), the listeners open and those that could not be opened.
+    pub fn reconcile(&mut self, wanted: &[Forwarder]) -> [ListenerCount; 2] {
+        let mut failed = [0usize; 2];
         self.listeners.retain(|(port, family), open| {
             wanted
                 .iter()
@@ -136,11 +145,17 @@ impl LocalhostForwarder {
                     debug!(service_port = %w.port, listen = %addr, "Localhost NodePort listener open");
                     self.listeners.insert(key, relay);
                 }
-                Err(e) => warn!(service_port = %w.port, listen = %addr, error = %e,
-                    "Cannot open localhost NodePort listener; retrying at the next sync"),
+                Err(e) => {
+                    failed[usize::from(w.family == IpFamily::V6)] += 1;
+                    warn!(service_port = %w.port, listen = %addr, error = %e,
+                        "Cannot open localhost NodePort listener; retrying at the next sync");
+                }
             }
         }
-        let count = |f: IpFamily| self.listeners.keys().filter(|(_, fam)| *fam == f).count();
+        let count = |f: IpFamily| ListenerCount {
+            open: self.listeners.keys().filter(|(_, fam)| *fam == f).count(),
+            failed: failed[usize::from(f == IpFamily::V6)],
+        };
         [count(IpFamily::V4), count(IpFamily::V6)]
     }
 

@@ -561,13 +561,25 @@ impl Backend for NftablesBackend {
             self.full(desired, opts)?
         };
         // The reject rules are in place: open the localhost listeners.
-        if let Some(forwarder) = &mut self.localhost {
+        let listeners = self.localhost.as_mut().map(|forwarder| {
             let wanted = localhost::plan_forwarders(desired, &self.settings);
-            forwarder.reconcile(&wanted);
-        }
+            forwarder.reconcile(&wanted)
+        });
         // One transaction for both families: each is charged the whole time.
         let elapsed = started.elapsed();
-        stats.families = self.families.iter().map(|f| f.stats(elapsed)).collect();
+        stats.families = self
+            .families
+            .iter()
+            .enumerate()
+            .map(|(idx, f)| {
+                let counts = listeners.and_then(|l| l.get(idx).copied());
+                FamilyStats {
+                    localhost_listeners: counts.map(|c| c.open),
+                    localhost_bind_failures: counts.map_or(0, |c| c.failed),
+                    ..f.stats(elapsed)
+                }
+            })
+            .collect();
         Ok(stats)
     }
 
