@@ -204,6 +204,31 @@ fn metrics(daemon: &Daemon<'_>) -> String {
     })
 }
 
+/// Feeds the body of a `/metrics` answer to `promtool check metrics`.
+fn promtool_check(answer: &str) -> Result<(), String> {
+    use std::io::Write;
+    let body = answer.split_once("\r\n\r\n").map_or(answer, |(_, b)| b);
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = promtool.stdin.take() {
+        stdin.write_all(body.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    let out = promtool.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
 /// The value of the sample that starts with `prefix`.
 fn sample(text: &str, prefix: &str) -> Option<u64> {
     text.lines()
@@ -216,7 +241,7 @@ fn sample(text: &str, prefix: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn localhost_nodeports_are_relayed_with_the_gate_and_udp_is_refused_and_counted() {
-    if !netns::require_root_tools(&["ip", "nft"]) {
+    if !netns::require_root_tools(&["ip", "nft", "promtool"]) {
         return;
     }
     let topo = Topology::builder().pods(2).ipv6(true).build();
@@ -303,6 +328,7 @@ async fn localhost_nodeports_are_relayed_with_the_gate_and_udp_is_refused_and_co
     );
     let failures = "kubeproxy_nftables_localhost_nodeport_listener_creation_failures_total{ip_family=\"IPv4\"}";
     assert!(sample(&text, failures).is_some_and(|n| n >= 1), "{text}");
+    assert_eq!(promtool_check(&text), Ok(()), "promtool check metrics");
     drop(squatter);
     let busy = SocketAddr::from(([127, 0, 0, 1], BUSY_NODE_PORT));
     let reply = node.wait_reply(Proto::Tcp, busy, Duration::from_secs(20));
