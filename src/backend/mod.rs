@@ -222,10 +222,13 @@ fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftabl
     let backend = nftables::NftablesBackend::new(sys, Settings::from_config(cfg), None);
     let handle = tokio::runtime::Handle::try_current().ok();
     match handle.filter(|_| cfg.localhost_nodeport_proxy()) {
-        Some(handle) => backend.with_localhost_forwarder(nftables::localhost::LocalhostForwarder::new(
-            handle,
-            userspace::relay::Settings::default(),
-        )),
+        Some(handle) => {
+            tracing::info!("Serving localhost NodePorts through the userspace relay (KEP-6032)");
+            backend.with_localhost_forwarder(nftables::localhost::LocalhostForwarder::new(
+                handle,
+                userspace::relay::Settings::default(),
+            ))
+        }
         None => backend,
     }
 }

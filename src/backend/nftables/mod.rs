@@ -22,6 +22,10 @@
 //! and swaps two `hairpin` elements; its size does not depend on the number
 //! of services. A failed transaction changes nothing, and the next sync is
 //! Full. See README.md beside this file.
+//!
+//! With KEP-6032 on, [`localhost`] serves TCP NodePorts on 127.0.0.1 / ::1
+//! through the userspace relay engine, reconciled after each successful
+//! transaction; UDP and SCTP ones are rejected there by the table's rules.
 
 pub mod localhost;
 pub mod names;
