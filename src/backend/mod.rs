@@ -74,6 +74,11 @@ pub struct FamilyStats {
     /// Service ports with Local internal / external policy and no local endpoints.
     pub no_local_internal: usize,
     pub no_local_external: usize,
+    /// nftables with KEP-6032's forwarder: the localhost NodePort listeners
+    /// open after this sync (None: no forwarder).
+    pub localhost_listeners: Option<usize>,
+    /// Localhost NodePort listeners this sync could not open.
+    pub localhost_bind_failures: usize,
 }
 
 /// Why a sync or cleanup failed. Each variant names the IP family it is
@@ -210,9 +215,22 @@ fn userspace_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> users
     userspace::UserspaceBackend::new(sys, Settings::from_config(cfg), relay, handle)
 }
 
+/// With KEP-6032's localhost NodePorts on (and a runtime to relay on), the
+/// backend owns a forwarder built on the userspace relay engine.
 fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {
     // The kernel version (delayed deletion of stale chains) is read at the first sync.
-    nftables::NftablesBackend::new(sys, Settings::from_config(cfg), None)
+    let backend = nftables::NftablesBackend::new(sys, Settings::from_config(cfg), None);
+    let handle = tokio::runtime::Handle::try_current().ok();
+    match handle.filter(|_| cfg.localhost_nodeport_proxy()) {
+        Some(handle) => {
+            tracing::info!("Serving localhost NodePorts through the userspace relay (KEP-6032)");
+            backend.with_localhost_forwarder(nftables::localhost::LocalhostForwarder::new(
+                handle,
+                userspace::relay::Settings::default(),
+            ))
+        }
+        None => backend,
+    }
 }
 
 fn iptables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> iptables::IptablesBackend {

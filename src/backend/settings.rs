@@ -45,6 +45,10 @@ pub struct RenderOpts {
     pub nodeports: NodePortTargets,
     /// NodePorts on 127.0.0.1 (IPv4, iptables only).
     pub localhost_nodeports: bool,
+    /// nftables with KEP-6032's localhost forwarder: TCP NodePorts on the
+    /// loopback address are relayed in userspace; UDP and SCTP ones are
+    /// rejected and counted.
+    pub localhost_relayed: bool,
     /// `nf_conntrack_tcp_be_liberal` is set: no INVALID drop.
     pub conntrack_liberal: bool,
     /// The node's IPs of this family (for source-range checks of node traffic).
@@ -106,6 +110,7 @@ impl Settings {
                 .nodeport_ips
                 .map_or(NodePortTargets::AllLocal, NodePortTargets::Ips),
             localhost_nodeports: self.localhost_nodeports && loopback,
+            localhost_relayed: false,
             conntrack_liberal: self.conntrack_liberal,
             node_ips: addrs.node_ips,
         }

@@ -32,7 +32,22 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     }
     let client = super::kube_client(cfg).await?;
 
-    let metrics = Metrics::new(cfg.mode);
+    let metrics = if cfg.localhost_nodeport_proxy() {
+        // KEP-6032: the nftables reject counters, read at each scrape.
+        let counters = backend::nftables::localhost::RejectedCounters::new(Sys::real());
+        Metrics::with_localhost_nodeport_rejections(
+            cfg.mode,
+            Arc::new(move || {
+                counters
+                    .read()
+                    .into_iter()
+                    .map(|c| (c.family, c.protocol, c.packets))
+                    .collect()
+            }),
+        )
+    } else {
+        Metrics::new(cfg.mode)
+    };
     let model = Arc::new(Mutex::new(Model::new(node_name.clone(), SelectionOptions::default())));
     let runner = Runner::new(runner_cfg);
     let trigger = runner.trigger();

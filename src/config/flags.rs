@@ -55,10 +55,17 @@ pub struct ProxyFlags {
     #[arg(long, value_name = "CIDRS")]
     pub cluster_cidr: Option<String>,
 
-    /// Comma-separated CIDRs of node addresses that accept NodePort traffic, or "primary"
-    /// [default: all local addresses].
+    /// Comma-separated CIDRs of node addresses that accept NodePort traffic, "primary", or
+    /// "localhost" (127.0.0.0/8 and ::1; in nftables mode with the
+    /// KubeProxyNFTablesLocalhostNodePorts gate, TCP NodePorts on 127.0.0.1 and ::1 are
+    /// forwarded in userspace) [default: all local addresses].
     #[arg(long, value_name = "CIDRS")]
     pub nodeport_addresses: Option<String>,
+
+    /// Feature gates, comma-separated Name=true|false, e.g.
+    /// KubeProxyNFTablesLocalhostNodePorts=true (alpha, off by default).
+    #[arg(long, value_name = "GATES")]
+    pub feature_gates: Option<String>,
 
     /// SNAT all traffic sent via service cluster IPs.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]

@@ -74,7 +74,14 @@ pub struct Config {
     /// `--udp-timeout` / `udpIdleTimeout`: how long userspace mode keeps an
     /// idle UDP session.
     pub udp_idle_timeout: Duration,
+    /// `--feature-gates` / `featureGates`, as given (unknown gates are kept
+    /// and ignored).
+    pub feature_gates: std::collections::BTreeMap<String, bool>,
 }
+
+/// KEP-6032's alpha gate: nftables mode serves localhost NodePorts through a
+/// userspace TCP forwarder when `--nodeport-addresses` names a loopback address.
+pub const GATE_LOCALHOST_NODEPORTS: &str = "KubeProxyNFTablesLocalhostNodePorts";
 
 /// A configuration error: printed as one line, exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +162,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             conntrack_tcp_be_liberal: false,
             udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
+            feature_gates: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -302,10 +310,31 @@ impl Config {
             }
             cfg.udp_idle_timeout = d;
         }
+        cfg.feature_gates = file.feature_gates.clone().unwrap_or_default();
+        if let Some(text) = &flags.feature_gates {
+            cfg.feature_gates.extend(parse_feature_gates(text)?);
+        }
         cfg.cleanup = flags.cleanup;
         cfg.verbosity = flags.verbosity.unwrap_or(0);
         cfg.log_format = flags.logging_format.unwrap_or_default();
         Ok(cfg)
+    }
+
+    /// Whether feature gate `name` is on (every gate kproxy knows is off by default).
+    pub fn gate(&self, name: &str) -> bool {
+        self.feature_gates.get(name).copied().unwrap_or(false)
+    }
+
+    /// KEP-6032: nftables mode with the `KubeProxyNFTablesLocalhostNodePorts`
+    /// gate on and `--nodeport-addresses` naming a loopback address
+    /// (`localhost`, `127.0.0.1/32`, `::1/128`, …) forwards TCP NodePorts on
+    /// 127.0.0.1 and ::1 through a userspace relay.
+    pub fn localhost_nodeport_proxy(&self) -> bool {
+        let loopback = match &self.nodeport_addresses {
+            NodePortAddresses::Cidrs(nets) => nets.iter().any(|n| n.network().is_loopback()),
+            _ => false,
+        };
+        self.mode == ProxyMode::Nftables && loopback && self.gate(GATE_LOCALHOST_NODEPORTS)
     }
 
     /// The masquerade mark as a hex string, e.g. `0x4000`.
@@ -368,12 +397,44 @@ fn parse_nodeport_addresses(list: &[String], source: &str) -> Result<NodePortAdd
     let joined = items.join(",");
     let mut nets = Vec::new();
     for part in items {
-        let net: IpNet = part
-            .parse()
-            .map_err(|_| value_err(source, &joined, format!("{part:?} is not a CIDR (or \"primary\")")))?;
+        // KEP-6032's keyword: the loopback CIDRs of both families.
+        if part == "localhost" {
+            nets.extend(LOOPBACK_CIDRS.iter().filter_map(|c| c.parse::<IpNet>().ok()));
+            continue;
+        }
+        let net: IpNet = part.parse().map_err(|_| {
+            value_err(
+                source,
+                &joined,
+                format!("{part:?} is not a CIDR (or \"primary\" alone, or \"localhost\")"),
+            )
+        })?;
         nets.push(net.trunc());
     }
     Ok(NodePortAddresses::Cidrs(nets))
+}
+
+/// What `--nodeport-addresses=localhost` stands for.
+const LOOPBACK_CIDRS: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// `--feature-gates`: `Name=true,Other=false`.
+fn parse_feature_gates(text: &str) -> Result<Vec<(String, bool)>, ConfigError> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let parsed = part
+            .split_once('=')
+            .and_then(|(name, v)| Some((name.trim().to_string(), v.trim().parse::<bool>().ok()?)))
+            .filter(|(name, _)| !name.is_empty());
+        let Some(gate) = parsed else {
+            return Err(value_err(
+                "--feature-gates",
+                text,
+                format!("{part:?} is not Name=true|false"),
+            ));
+        };
+        out.push(gate);
+    }
+    Ok(out)
 }
 
 fn parse_bind(text: &str, default_port: u16, source: &str) -> Result<SocketAddr, ConfigError> {

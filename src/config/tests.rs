@@ -205,3 +205,51 @@ fn udp_timeout_comes_from_the_flag_or_the_file_and_must_be_positive() {
     let err = Config::build(&flags(&["--udp-timeout=0s"]), None).expect_err("zero refused");
     assert_eq!(err.to_string(), "invalid --udp-timeout \"0s\": must be greater than 0");
 }
+
+#[test]
+fn localhost_nodeport_proxy_needs_nftables_the_gate_and_a_loopback_address() {
+    let gate = "--feature-gates=KubeProxyNFTablesLocalhostNodePorts=true";
+    let on = |args: &[&str]| {
+        Config::build(&flags(args), None)
+            .expect("valid")
+            .localhost_nodeport_proxy()
+    };
+    assert!(on(&["--proxy-mode=nftables", "--nodeport-addresses=localhost", gate]));
+    assert!(on(&[
+        "--proxy-mode=nftables",
+        "--nodeport-addresses=10.0.0.0/8,127.0.0.1/32",
+        gate
+    ]));
+    assert!(
+        !on(&["--proxy-mode=nftables", "--nodeport-addresses=localhost"]),
+        "gate off"
+    );
+    assert!(!on(&["--proxy-mode=nftables", gate]), "no loopback address");
+    assert!(!on(&["--proxy-mode=iptables", "--nodeport-addresses=localhost", gate]));
+    let cfg = Config::build(&flags(&["--nodeport-addresses=localhost"]), None).expect("valid");
+    let NodePortAddresses::Cidrs(nets) = cfg.nodeport_addresses else {
+        panic!("localhost is a list of CIDRs");
+    };
+    let nets: Vec<String> = nets.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
+}
+
+#[test]
+fn localhost_nodeport_proxy_from_the_config_file() {
+    let yaml = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\n\
+                featureGates:\n  KubeProxyNFTablesLocalhostNodePorts: true\nnodePortAddresses: [primary, localhost]\n";
+    let err = Config::build(&flags(&[]), Some(&file(yaml))).expect_err("primary only alone");
+    assert!(err.to_string().contains("primary"), "{err}");
+    let yaml = yaml.replace("[primary, localhost]", "[localhost]");
+    let cfg = Config::build(&flags(&[]), Some(&file(&yaml))).expect("valid");
+    assert!(cfg.localhost_nodeport_proxy());
+    // The flag overrides the file's gate.
+    let gate_off = flags(&["--feature-gates=KubeProxyNFTablesLocalhostNodePorts=false"]);
+    assert!(
+        !Config::build(&gate_off, Some(&file(&yaml)))
+            .expect("valid")
+            .localhost_nodeport_proxy()
+    );
+    let err = Config::build(&flags(&["--feature-gates=Foo"]), None).expect_err("malformed gate");
+    assert!(err.to_string().starts_with("invalid --feature-gates"), "{err}");
+}

@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 
 use crate::backend::{SyncKind, SyncStats};
 use crate::config::ProxyMode;
-use crate::model::IpFamily;
+use crate::model::{IpFamily, Protocol};
 
 /// `ip_family` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +63,23 @@ pub struct KindLabel {
 
 type GaugeF = Gauge<f64, AtomicU64>;
 
+/// `ip_family` + `protocol` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyProtocolLabel {
+    pub ip_family: String,
+    pub protocol: String,
+}
+
+/// Packets refused on localhost NodePorts, as (family, protocol, packets),
+/// read when `/metrics` is scraped: where they are counted (nft named
+/// counters) is the wiring's business, not this module's.
+pub type RejectedPacketsSource = Arc<dyn Fn() -> Vec<(IpFamily, Protocol, u64)> + Send + Sync>;
+
+/// Encodes the rejected-packet counters at scrape time.
+struct RejectedPacketsCollector {
+    source: RejectedPacketsSource,
+}
+
 /// The metric handles.
 struct Inner {
     sync_duration: Family<FamilyLabel, Histogram>,
@@ -81,6 +98,8 @@ struct Inner {
     iptables_total: Family<TableLabel, Gauge>,
     iptables_last: Family<TableLabel, Gauge>,
     nftables_sync_failures: Family<FamilyLabel, Counter>,
+    localhost_listeners: Family<FamilyLabel, Gauge>,
+    localhost_listener_failures: Family<FamilyLabel, Counter>,
     healthz: Family<CodeLabel, Counter>,
     livez: Family<CodeLabel, Counter>,
     conntrack_duration: Family<FamilyLabel, Histogram>,
@@ -95,6 +114,36 @@ pub struct Metrics {
     registry: Arc<Registry>,
     inner: Arc<Inner>,
     mode: ProxyMode,
+}
+
+// === impl RejectedPacketsCollector ===
+
+impl std::fmt::Debug for RejectedPacketsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RejectedPacketsCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for RejectedPacketsCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let counts = (self.source)();
+        let mut family = encoder.encode_descriptor(
+            "kubeproxy_nftables_localhost_nodeport_rejected_packets",
+            "Number of packets rejected on localhost NodePorts (UDP and SCTP are not forwarded)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (ip_family, protocol, packets) in counts {
+            let labels = FamilyProtocolLabel {
+                ip_family: ip_family.as_str().to_string(),
+                protocol: protocol.as_api().to_string(),
+            };
+            ConstCounter::new(packets).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// kube-proxy's sync buckets: 1 ms doubling, 15 buckets.
@@ -122,6 +171,17 @@ fn fam(f: IpFamily) -> FamilyLabel {
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new(mode: ProxyMode) -> Self {
+        Self::build(mode, None)
+    }
+
+    /// As [`Metrics::new`], plus
+    /// `kubeproxy_nftables_localhost_nodeport_rejected_packets_total{ip_family,protocol}`
+    /// read from `source` at each scrape (KEP-6032, nftables mode).
+    pub fn with_localhost_nodeport_rejections(mode: ProxyMode, source: RejectedPacketsSource) -> Self {
+        Self::build(mode, Some(source))
+    }
+
+    fn build(mode: ProxyMode, rejected: Option<RejectedPacketsSource>) -> Self {
         let mut r = Registry::default();
         let sync_duration = Family::new_with_constructor(sync_buckets as fn() -> Histogram);
         let sync_full_duration = Family::new_with_constructor(sync_buckets as fn() -> Histogram);
@@ -145,6 +205,8 @@ impl Metrics {
             iptables_total: Family::default(),
             iptables_last: Family::default(),
             nftables_sync_failures: Family::default(),
+            localhost_listeners: Family::default(),
+            localhost_listener_failures: Family::default(),
             healthz: Family::default(),
             livez: Family::default(),
             conntrack_duration,
@@ -265,6 +327,19 @@ impl Metrics {
             i.watch_errors.clone(),
         );
         r.register_collector(Box::new(process::ProcessCollector::new()));
+        if let Some(source) = rejected {
+            r.register(
+                "kubeproxy_nftables_localhost_nodeport_listeners",
+                "Number of localhost NodePort listeners open",
+                i.localhost_listeners.clone(),
+            );
+            r.register(
+                "kubeproxy_nftables_localhost_nodeport_listener_creation_failures",
+                "Localhost NodePort listeners that could not be opened (retried at the next sync)",
+                i.localhost_listener_failures.clone(),
+            );
+            r.register_collector(Box::new(RejectedPacketsCollector { source }));
+        }
         Self {
             registry: Arc::new(r),
             inner: Arc::new(inner),
@@ -307,6 +382,14 @@ impl Metrics {
                         traffic_policy: policy.to_string(),
                     })
                     .set(gauge_value(n));
+            }
+            if let Some(n) = f.localhost_listeners {
+                i.localhost_listeners.get_or_create(&fam(f.family)).set(gauge_value(n));
+            }
+            if f.localhost_bind_failures > 0 {
+                i.localhost_listener_failures
+                    .get_or_create(&fam(f.family))
+                    .inc_by(f.localhost_bind_failures as u64);
             }
             if self.mode == ProxyMode::Iptables {
                 for (table, n) in &f.rules_total {
@@ -484,6 +567,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn localhost_nodeport_rejections_are_read_at_scrape_time() {
+        let packets = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let source: RejectedPacketsSource = {
+            let packets = packets.clone();
+            Arc::new(move || {
+                let n = packets.load(std::sync::atomic::Ordering::Relaxed);
+                vec![(IpFamily::V4, Protocol::Udp, n), (IpFamily::V6, Protocol::Sctp, 0)]
+            })
+        };
+        let m = Metrics::with_localhost_nodeport_rejections(ProxyMode::Nftables, source);
+        let line = "kubeproxy_nftables_localhost_nodeport_rejected_packets_total{ip_family=\"IPv4\",protocol=\"UDP\"}";
+        assert!(m.encode().contains(&format!("{line} 0")), "{}", m.encode());
+        packets.store(7, std::sync::atomic::Ordering::Relaxed);
+        let text = m.encode();
+        assert!(text.contains(&format!("{line} 7")), "{text}");
+        assert!(
+            text.contains("# TYPE kubeproxy_nftables_localhost_nodeport_rejected_packets_total counter"),
+            "{text}"
+        );
+        assert!(
+            !Metrics::new(ProxyMode::Nftables)
+                .encode()
+                .contains("localhost_nodeport")
+        );
+    }
+
+    #[test]
     fn exposition_has_kube_proxy_names_and_buckets() {
         let m = Metrics::new(ProxyMode::Iptables);
         let stats = SyncStats {
@@ -494,6 +604,7 @@ mod tests {
                 rules_last: vec![("nat", 4)],
                 no_local_internal: 1,
                 no_local_external: 0,
+                ..Default::default()
             }],
             ..SyncStats::default()
         };

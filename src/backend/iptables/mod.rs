@@ -113,6 +113,7 @@ impl Programmed {
             rules_last: vec![("filter", last.0), ("nat", last.1)],
             no_local_internal: internal,
             no_local_external: external,
+            ..FamilyStats::default()
         }
     }
 }

@@ -22,7 +22,12 @@
 //! and swaps two `hairpin` elements; its size does not depend on the number
 //! of services. A failed transaction changes nothing, and the next sync is
 //! Full. See README.md beside this file.
+//!
+//! With KEP-6032 on, [`localhost`] serves TCP NodePorts on 127.0.0.1 / ::1
+//! through the userspace relay engine, reconciled after each successful
+//! transaction; UDP and SCTP ones are rejected there by the table's rules.
 
+pub mod localhost;
 pub mod names;
 pub mod render;
 
@@ -121,6 +126,8 @@ pub struct NftablesBackend {
     /// Whether stale chains must wait ([`STALE_CHAIN_DELAY`]); probed once.
     delay_chain_deletes: Option<bool>,
     last_transaction: Option<String>,
+    /// KEP-6032's localhost NodePort forwarder, when enabled.
+    localhost: Option<localhost::LocalhostForwarder>,
 }
 
 // === impl ProgrammedPort ===
@@ -264,6 +271,21 @@ impl NftablesBackend {
             scratch_next: false,
             delay_chain_deletes,
             last_transaction: None,
+            localhost: None,
+        }
+    }
+
+    /// Serves localhost NodePorts (KEP-6032) with `forwarder`: TCP ones are
+    /// relayed, UDP and SCTP ones rejected and counted.
+    pub fn with_localhost_forwarder(mut self, forwarder: localhost::LocalhostForwarder) -> Self {
+        self.localhost = Some(forwarder);
+        self
+    }
+
+    fn render_opts(&self, family: IpFamily, desired: &DesiredState, local_addrs: &[std::net::IpAddr]) -> RenderOpts {
+        RenderOpts {
+            localhost_relayed: self.localhost.is_some(),
+            ..self.settings.render_opts(family, &desired.node, local_addrs, false)
         }
     }
 
@@ -532,7 +554,7 @@ impl Backend for NftablesBackend {
         let opts: Vec<RenderOpts> = self
             .families
             .iter()
-            .map(|f| self.settings.render_opts(f.family, &desired.node, &local_addrs, false))
+            .map(|f| self.render_opts(f.family, desired, &local_addrs))
             .collect();
         let partial_ok =
             kind == SyncKind::Partial && self.families.iter().zip(&opts).all(|(f, o)| f.opts.as_ref() == Some(o));
@@ -542,22 +564,42 @@ impl Backend for NftablesBackend {
         } else {
             self.full(desired, opts)?
         };
+        // The reject rules are in place: open the localhost listeners.
+        let listeners = self.localhost.as_mut().map(|forwarder| {
+            let wanted = localhost::plan_forwarders(desired, &self.settings);
+            forwarder.reconcile(&wanted)
+        });
         // One transaction for both families: each is charged the whole time.
         let elapsed = started.elapsed();
-        stats.families = self.families.iter().map(|f| f.stats(elapsed)).collect();
+        stats.families = self
+            .families
+            .iter()
+            .enumerate()
+            .map(|(idx, f)| {
+                let counts = listeners.and_then(|l| l.get(idx).copied());
+                FamilyStats {
+                    localhost_listeners: counts.map(|c| c.open),
+                    localhost_bind_failures: counts.map_or(0, |c| c.failed),
+                    ..f.stats(elapsed)
+                }
+            })
+            .collect();
         Ok(stats)
     }
 
     fn render(&self, desired: &DesiredState) -> String {
         let mut out = String::new();
         for family in super::rendered_families(desired) {
-            let opts = self.settings.render_opts(family, &desired.node, &[], false);
+            let opts = self.render_opts(family, desired, &[]);
             out.push_str(&render::render_full(desired, &opts));
         }
         out
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
+        if let Some(forwarder) = &mut self.localhost {
+            forwarder.close_all();
+        }
         let ours = [(IpFamily::V4, names::TABLE), (IpFamily::V6, names::TABLE)];
         let kube_proxy = [
             (IpFamily::V4, names::KUBE_PROXY_TABLE),

@@ -44,6 +44,16 @@ pub const CLUSTER_IPS: &str = "cluster-ips";
 pub const HAIRPIN: &str = "hairpin";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
 
+/// UDP and SCTP NodePorts (`proto . port`) refused on the loopback address
+/// (KEP-6032; empty unless the localhost forwarder is on).
+pub const LOCALHOST_NODEPORTS: &str = "localhost-nodeports";
+/// Named counters of the packets refused on localhost NodePorts (KEP-6032:
+/// only TCP is forwarded), one per refused protocol.
+pub const LOCALHOST_REJECTED: [(crate::model::Protocol, &str); 2] = [
+    (crate::model::Protocol::Udp, "localhost-nodeport-rejected-udp"),
+    (crate::model::Protocol::Sctp, "localhost-nodeport-rejected-sctp"),
+];
+
 // Per-service prefixes.
 pub const SERVICE_PREFIX: &str = "service-";
 pub const LOCAL_PREFIX: &str = "local-";

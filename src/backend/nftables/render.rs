@@ -152,7 +152,7 @@ pub const SHARED_CHAINS: [&str; 8] = [
 
 /// The shared sets and verdict maps (`nodeport-ips` is handled apart: it
 /// exists only with `--nodeport-addresses`).
-pub const MAPS: [MapDecl; 7] = [
+pub const MAPS: [MapDecl; 8] = [
     map(names::CLUSTER_IPS, "ADDR", false, "Active ClusterIPs"),
     map(
         names::HAIRPIN,
@@ -189,6 +189,12 @@ pub const MAPS: [MapDecl; 7] = [
         "inet_proto . inet_service",
         true,
         "NodePort traffic",
+    ),
+    map(
+        names::LOCALHOST_NODEPORTS,
+        "inet_proto . inet_service",
+        false,
+        "UDP and SCTP NodePorts refused on the loopback address",
     ),
 ];
 
@@ -427,7 +433,37 @@ pub fn render_static(opts: &RenderOpts) -> String {
     for (chain, rule) in static_rules(opts) {
         w.add_rule(&mut out, chain, &rule);
     }
+    if opts.localhost_relayed {
+        for (_, counter) in names::LOCALHOST_REJECTED {
+            w.cmd(&mut out, "add", "counter", counter);
+        }
+        for (chain, rule) in localhost_reject_rules(opts.family) {
+            w.add_rule(&mut out, chain, &rule);
+        }
+    }
     out
+}
+
+/// KEP-6032: UDP and SCTP NodePorts on the loopback address are not
+/// forwarded; their packets are rejected (port unreachable) and counted
+/// per protocol in named counters. (`service-nodeports` cannot be looked up
+/// here: its verdicts lead to DNAT, which a filter chain may not reach.)
+fn localhost_reject_rules(family: IpFamily) -> Vec<(&'static str, String)> {
+    names::LOCALHOST_REJECTED
+        .iter()
+        .map(|(protocol, counter)| {
+            (
+                names::FILTER_INPUT,
+                format!(
+                    "{} {} meta l4proto {} meta l4proto . th dport @{} counter name \"{counter}\" reject",
+                    addr(family, "daddr"),
+                    loopback(family),
+                    protocol.as_lower(),
+                    names::LOCALHOST_NODEPORTS,
+                ),
+            )
+        })
+        .collect()
 }
 
 fn render_maps(w: &Writer, out: &mut String, opts: &RenderOpts) {
@@ -555,6 +591,9 @@ pub fn render_port(state: &ServicePortState, opts: &RenderOpts) -> PortObjects {
     external_ip_elements(&p, &mut out);
     load_balancer_elements(&p, &mut out);
     node_port_elements(&p, &mut out);
+    if opts.localhost_relayed {
+        localhost_refusal_element(&p, &mut out);
+    }
     out.chains = plan.map_parts(|part| match part {
         Part::External => external_chain(&p),
         Part::Firewall(fw) => firewall_chain(&p, fw),
@@ -600,6 +639,16 @@ impl Port<'_> {
             Refusal::Reject => format!("goto {}", names::REJECT_CHAIN),
         };
         Some(Element::new(container, key, Some(verdict)).with_comment(&self.name))
+    }
+}
+
+/// KEP-6032: only TCP NodePorts are forwarded on the loopback address; a
+/// UDP or SCTP one is listed to be refused there.
+fn localhost_refusal_element(p: &Port<'_>, out: &mut PortObjects) {
+    let port = &p.plan.state.port;
+    if port.name.protocol != crate::model::Protocol::Tcp && port.node_port != 0 {
+        let key = format!("{} . {}", p.proto, port.node_port);
+        out.elements.push(Element::new(names::LOCALHOST_NODEPORTS, key, None));
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, watch};
 use super::balancer::Balancer;
 use super::stats::RelayStats;
 use super::{tcp, udp};
-use crate::model::Protocol;
+use crate::model::{PortPlan, Protocol, Route};
 
 /// kube-proxy's legacy `endpointDialTimeout`: the connect timeout of the
 /// first, second, … endpoint tried (the last one repeats).
@@ -153,6 +153,30 @@ pub(super) struct Shared {
 struct Targets {
     balancer: Balancer,
     no_endpoints: NoEndpoints,
+}
+
+// === impl TargetSet ===
+
+impl TargetSet {
+    /// The target set of one traffic class of a planned port: the route's
+    /// endpoints (policy, terminating fallback and topology already applied
+    /// by the model), the plan's affinity, and the route's refusal when
+    /// there is no endpoint.
+    pub fn for_route(plan: &PortPlan<'_>, route: Route) -> Self {
+        let endpoints = match route {
+            Route::Cluster => plan.cluster,
+            Route::Local => plan.local,
+            Route::Drop | Route::Reject => &[],
+        };
+        Self {
+            endpoints: endpoints.iter().map(|e| SocketAddr::new(e.ip, e.port)).collect(),
+            affinity: plan.affinity.map(|s| Duration::from_secs(u64::from(s))),
+            no_endpoints: match route {
+                Route::Drop => NoEndpoints::Drop,
+                _ => NoEndpoints::Reset,
+            },
+        }
+    }
 }
 
 // === impl Settings ===

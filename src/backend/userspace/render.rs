@@ -16,13 +16,12 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use super::names::{self, JUMP_COMMENT, JUMPS, Jump, TABLES, Table};
 use super::relay::{NoEndpoints, TargetSet};
 use crate::backend::settings::{NodePortTargets, Settings};
 use crate::config::ProxyMode;
-use crate::model::{DesiredState, IpFamily, PortPlan, Protocol, Route, ServicePortName};
+use crate::model::{DesiredState, IpFamily, PortPlan, Protocol, ServicePortName};
 
 /// Which traffic of a service port a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -134,7 +133,7 @@ pub fn plan_listeners(desired: &DesiredState, settings: &Settings) -> Plans {
                 load_balancer_ips: Vec::new(),
                 source_ranges: Vec::new(),
                 node_port,
-                targets: target_set(&plan, route),
+                targets: TargetSet::for_route(&plan, route),
             };
             let cluster = of_family(&port.cluster_ips);
             if !cluster.is_empty() {
@@ -159,24 +158,6 @@ pub fn plan_listeners(desired: &DesiredState, settings: &Settings) -> Plans {
     }
     plans.listeners.sort_by(|a, b| a.key.cmp(&b.key));
     plans
-}
-
-/// The target set of one traffic class: its route's endpoints, or none
-/// with the route's refusal.
-fn target_set(plan: &PortPlan<'_>, route: Route) -> TargetSet {
-    let endpoints = match route {
-        Route::Cluster => plan.cluster,
-        Route::Local => plan.local,
-        Route::Drop | Route::Reject => &[],
-    };
-    TargetSet {
-        endpoints: endpoints.iter().map(|e| SocketAddr::new(e.ip, e.port)).collect(),
-        affinity: plan.affinity.map(|s| Duration::from_secs(u64::from(s))),
-        no_endpoints: match route {
-            Route::Drop => NoEndpoints::Drop,
-            _ => NoEndpoints::Reset,
-        },
-    }
 }
 
 /// The steering rules for the listeners of one family, each with the port
