@@ -373,3 +373,28 @@ async fn sync_stats_count_ports_without_local_endpoints_per_family() {
         .collect();
     assert_eq!(families, vec![(IpFamily::V4, 0, 1)], "IPv4 only: no IPv6 service");
 }
+
+#[tokio::test]
+async fn node_ports_leave_localhost_alone_unless_asked() {
+    let r = runner("");
+    let mut b = UserspaceBackend::new(
+        Sys::fake(r.clone()),
+        BackendSettings {
+            localhost_nodeports: false,
+            ..settings()
+        },
+        Settings::default(),
+        Some(Handle::current()),
+    );
+    let mut m = model();
+    sync(&mut b, &mut m, SyncKind::Full);
+    let v4 = &restores(&r)[0];
+    let nodeport: Vec<&str> = v4.stdin.lines().filter(|l| l.contains("--dport 30080")).collect();
+    assert_eq!(nodeport.len(), 2, "{}", v4.stdin);
+    assert!(
+        nodeport
+            .iter()
+            .all(|l| l.contains("--dst-type LOCAL ! -d 127.0.0.0/8 ")),
+        "localhostNodePorts false: 127.0.0.1 excluded: {nodeport:?}"
+    );
+}

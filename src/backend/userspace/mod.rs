@@ -174,6 +174,7 @@ impl UserspaceBackend {
             family,
             host_target: opts.node_ips.first().copied(),
             nodeports: opts.nodeports,
+            localhost_nodeports: self.settings.localhost_nodeports,
         }
     }
 

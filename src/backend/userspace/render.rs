@@ -88,6 +88,9 @@ pub struct SteeringOpts {
     /// REDIRECT (to the loopback address) instead.
     pub host_target: Option<IpAddr>,
     pub nodeports: NodePortTargets,
+    /// NodePorts answer on 127.0.0.1 (`--iptables-localhost-nodeports`;
+    /// IPv4 only: `::1` is never a NodePort address, as in kube-proxy).
+    pub localhost_nodeports: bool,
 }
 
 // === impl Class ===
@@ -213,11 +216,20 @@ pub fn render_steering(opts: &SteeringOpts, listeners: &[(&ListenerPlan, u16)]) 
             ));
         }
         if l.node_port != 0 {
+            let localhost = opts.family == IpFamily::V4 && opts.localhost_nodeports;
             let dsts: Vec<String> = match &opts.nodeports {
-                NodePortTargets::AllLocal => vec!["-m addrtype --dst-type LOCAL".to_string()],
+                NodePortTargets::AllLocal => {
+                    let not_loopback = match opts.family {
+                        IpFamily::V6 => " ! -d ::1/128",
+                        IpFamily::V4 if !localhost => " ! -d 127.0.0.0/8",
+                        IpFamily::V4 => "",
+                    };
+                    vec![format!("-m addrtype --dst-type LOCAL{not_loopback}")]
+                }
                 NodePortTargets::Ips(ips) => ips
                     .iter()
                     .filter(|ip| IpFamily::of(ip) == opts.family)
+                    .filter(|ip| !ip.is_loopback() || localhost)
                     .map(|ip| format!("-d {}", host_net(*ip)))
                     .collect(),
             };
