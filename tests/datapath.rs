@@ -84,6 +84,7 @@ suite! {
     modes {
         iptables => Mode::Iptables,
         nftables => Mode::Nftables,
+        userspace => Mode::Userspace,
     }
     proof { empty => Mode::Empty }
     cases {
@@ -93,19 +94,32 @@ suite! {
         load_balancer_and_external_ips_reach_endpoints,
         lb_source_ranges_admit_only_listed_clients,
         session_affinity_pins_a_client_to_one_endpoint,
-        external_traffic_policy_local_keeps_client_ip_and_local_endpoints,
+        external_traffic_policy_local_keeps_client_ip_and_local_endpoints [
+            known_bug(userspace: "traffic from pods and from the node to a NodePort or LB IP with \
+                                  externalTrafficPolicy Local goes to the external listener (local endpoints \
+                                  only) instead of short-circuiting to every endpoint as kube-proxy does")
+        ],
         internal_traffic_policy_local_uses_only_local_endpoints,
         terminating_endpoints_serve_when_none_is_ready,
         service_without_endpoints_rejects,
         hairpin_to_self_through_vip_is_masqueraded,
-        udp_flow_moves_to_new_endpoint_after_conntrack_cleanup,
+        udp_flow_moves_to_new_endpoint_after_conntrack_cleanup [
+            skip(userspace: "no conntrack entry pins a relayed UDP flow to its endpoint: the relay moves a \
+                             session off an endpoint that left at once (src/backend/userspace/tests.rs)")
+        ],
         ipv6_cluster_ip_reaches_endpoints,
         partial_sync_rewrites_only_the_changed_service,
-        restart_keeps_rules_and_established_connections,
+        restart_keeps_rules_and_established_connections [
+            skip(userspace: "relayed connections live in the kproxy process: a restart ends them \
+                             (tests/userspace_packets.rs checks a UDP flow across a restart)")
+        ],
         partial_syncs_follow_a_service_lifecycle,
         ipv6_node_port_from_client_is_masqueraded,
         ipv6_load_balancer_ip_reaches_endpoints,
-        ipv6_external_traffic_policy_local_keeps_client_ip,
+        ipv6_external_traffic_policy_local_keeps_client_ip [
+            known_bug(userspace: "pod traffic to an LB IP with externalTrafficPolicy Local reaches only local \
+                                  endpoints instead of short-circuiting to every endpoint as kube-proxy does")
+        ],
         ipv6_hairpin_to_self_through_vip_is_masqueraded,
         masquerade_all_masquerades_pod_traffic,
         node_port_addresses_primary_answer_only_on_the_primary_ip,
@@ -116,6 +130,8 @@ suite! {
         ],
         source_ranges_admit_the_node_itself,
         session_affinity_expires_after_its_timeout,
-        sctp_service_port_rules_load,
+        sctp_service_port_rules_load [
+            skip(userspace: "SCTP is not relayed in userspace mode: the port is reported and gets no steering rule")
+        ],
     }
 }
