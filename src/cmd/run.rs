@@ -23,7 +23,8 @@ use crate::watch;
 pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     let node_name = super::node_name(cfg)?;
     let runner_cfg = RunnerConfig::try_new(cfg.min_sync_period, cfg.sync_period)?;
-    let backend = backend::for_mode(cfg, Sys::real())?;
+    let metrics = Metrics::new(cfg.mode);
+    let backend = backend::for_mode_with_board(cfg, Sys::real(), metrics.relay_board())?;
     info!(mode = %cfg.mode, node = %node_name, "Using {} proxier", cfg.mode);
     for mut other in backend::other_modes(cfg, Sys::real()) {
         if let Err(e) = other.cleanup() {
@@ -32,7 +33,6 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     }
     let client = super::kube_client(cfg).await?;
 
-    let metrics = Metrics::new(cfg.mode);
     let model = Arc::new(Mutex::new(Model::new(node_name.clone(), SelectionOptions::default())));
     let runner = Runner::new(runner_cfg);
     let trigger = runner.trigger();
