@@ -109,10 +109,7 @@ suite! {
         ],
         ipv6_cluster_ip_reaches_endpoints,
         partial_sync_rewrites_only_the_changed_service,
-        restart_keeps_rules_and_established_connections [
-            skip(userspace: "relayed connections live in the kproxy process: a restart ends them \
-                             (tests/userspace_packets.rs checks a UDP flow across a restart)")
-        ],
+        restart_keeps_rules_and_established_connections,
         partial_syncs_follow_a_service_lifecycle,
         ipv6_node_port_from_client_is_masqueraded,
         ipv6_load_balancer_ip_reaches_endpoints,
@@ -130,8 +127,6 @@ suite! {
         ],
         source_ranges_admit_the_node_itself,
         session_affinity_expires_after_its_timeout,
-        sctp_service_port_rules_load [
-            skip(userspace: "SCTP is not relayed in userspace mode: the port is reported and gets no steering rule")
-        ],
+        sctp_service_port_rules_load,
     }
 }
