@@ -94,11 +94,7 @@ suite! {
         load_balancer_and_external_ips_reach_endpoints,
         lb_source_ranges_admit_only_listed_clients,
         session_affinity_pins_a_client_to_one_endpoint,
-        external_traffic_policy_local_keeps_client_ip_and_local_endpoints [
-            known_bug(userspace: "traffic from pods and from the node to a NodePort or LB IP with \
-                                  externalTrafficPolicy Local goes to the external listener (local endpoints \
-                                  only) instead of short-circuiting to every endpoint as kube-proxy does")
-        ],
+        external_traffic_policy_local_keeps_client_ip_and_local_endpoints,
         internal_traffic_policy_local_uses_only_local_endpoints,
         terminating_endpoints_serve_when_none_is_ready,
         service_without_endpoints_rejects,
@@ -113,10 +109,7 @@ suite! {
         partial_syncs_follow_a_service_lifecycle,
         ipv6_node_port_from_client_is_masqueraded,
         ipv6_load_balancer_ip_reaches_endpoints,
-        ipv6_external_traffic_policy_local_keeps_client_ip [
-            known_bug(userspace: "pod traffic to an LB IP with externalTrafficPolicy Local reaches only local \
-                                  endpoints instead of short-circuiting to every endpoint as kube-proxy does")
-        ],
+        ipv6_external_traffic_policy_local_keeps_client_ip,
         ipv6_hairpin_to_self_through_vip_is_masqueraded,
         masquerade_all_masquerades_pod_traffic,
         node_port_addresses_primary_answer_only_on_the_primary_ip,

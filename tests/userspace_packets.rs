@@ -7,9 +7,8 @@
 //!
 //! The mode-generic packet suite (tests/datapath.rs) runs userspace mode
 //! too; this file keeps what it has no case for: failover to the next
-//! endpoint when one refuses, externalTrafficPolicy Local through the relay
-//! (the suite's case is a known bug in this mode), and a UDP flow across a
-//! restart that moves its listener.
+//! endpoint when one refuses, and a UDP flow across a restart that moves
+//! its listener.
 
 #![allow(clippy::disallowed_types)] // the netns harness runs tools directly
 
@@ -26,7 +25,7 @@ use kproxy::config::NodePortAddresses;
 use kproxy::model::builders::{EpSpec, mk_node, mk_service, mk_slice};
 use kproxy::model::{Model, SelectionOptions};
 use kproxy::sys::Sys;
-use netns::{ConnError, Topology, vip4, vip6};
+use netns::{Topology, vip4, vip6};
 
 const NODE: &str = "node-a";
 const TCP_TARGET: u16 = 8080;
@@ -188,56 +187,6 @@ fn a_refusing_endpoint_fails_over_to_the_next() {
         BTreeMap::from([("pod0".to_string(), 4)]),
         "pod1 refuses: all to pod0"
     );
-}
-
-#[test]
-fn external_traffic_policy_local_uses_only_this_nodes_endpoints() {
-    let Some(mut s) = Setup::new() else { return };
-    let svc = mk_service("default", "local")
-        .type_("NodePort")
-        .cluster_ip(&vip4(3).to_string())
-        .node_port("http", 80, "TCP", i32::from(NODE_PORT))
-        .target_port(i32::from(TCP_TARGET))
-        .external_traffic_policy_local()
-        .health_check_node_port(32100)
-        .build();
-    s.model.apply_service(&svc);
-    let slice = |eps: &[(usize, &str)]| {
-        eps.iter()
-            .fold(
-                mk_slice("default", "local-v4", "local").port("http", i32::from(TCP_TARGET), "TCP"),
-                |b, (i, node)| b.endpoint_with(EpSpec::new(&s.topo.pod_ip(*i).to_string()).node(node)),
-            )
-            .build()
-    };
-    let both = slice(&[(0, NODE), (1, "node-b")]);
-    let remote_only = slice(&[(1, "node-b")]);
-    s.model.apply_slice(&both);
-    s.sync();
-    let node_port = sa(s.topo.node_ext_ip(), NODE_PORT);
-    let external = s.topo.client().tally_tcp(node_port, 4, T);
-    assert_eq!(
-        external,
-        BTreeMap::from([("pod0".to_string(), 4)]),
-        "NodePort: local endpoint only"
-    );
-    // Unlike the kernel modes, Local does not preserve the client's address:
-    // the relay's own connection comes from the node.
-    let reply = s.topo.client().tcp_request(node_port, T).expect("client → NodePort");
-    assert_eq!(reply.seen_src.ip(), s.topo.node_ip(), "{reply:?}");
-    let internal = s.topo.pod(0).tally_tcp(sa(vip4(3), 80), 4, T);
-    assert!(both_pods(&internal), "ClusterIP: every endpoint: {internal:?}");
-
-    // Only another node has endpoints: external traffic gets no answer
-    // (the relay holds the connection, then resets it), internal goes on.
-    s.model.apply_slice(&remote_only);
-    s.sync();
-    assert_eq!(
-        s.topo.client().tcp_request(node_port, T).err(),
-        Some(ConnError::Timeout)
-    );
-    let internal = s.topo.pod(0).tally_tcp(sa(vip4(3), 80), 2, T);
-    assert_eq!(internal, BTreeMap::from([("pod1".to_string(), 2)]));
 }
 
 #[test]
