@@ -96,8 +96,9 @@ pub struct SteeringOpts {
     /// REDIRECT (to the loopback address) instead.
     pub host_target: Option<IpAddr>,
     pub nodeports: NodePortTargets,
-    /// NodePorts answer on 127.0.0.1 (`--iptables-localhost-nodeports`;
-    /// IPv4 only: `::1` is never a NodePort address, as in kube-proxy).
+    /// NodePorts answer on 127.0.0.1 (`iptables.localhostNodePorts` in the
+    /// configuration file; IPv4 only: `::1` is never a NodePort address,
+    /// as in kube-proxy).
     pub localhost_nodeports: bool,
 }
 
@@ -277,24 +278,7 @@ pub fn render_steering(opts: &SteeringOpts, listeners: &[(&ListenerPlan, u16)]) 
             ));
         }
         if l.node_port != 0 {
-            let localhost = opts.family == IpFamily::V4 && opts.localhost_nodeports;
-            let dsts: Vec<String> = match &opts.nodeports {
-                NodePortTargets::AllLocal => {
-                    let not_loopback = match opts.family {
-                        IpFamily::V6 => " ! -d ::1/128",
-                        IpFamily::V4 if !localhost => " ! -d 127.0.0.0/8",
-                        IpFamily::V4 => "",
-                    };
-                    vec![format!("-m addrtype --dst-type LOCAL{not_loopback}")]
-                }
-                NodePortTargets::Ips(ips) => ips
-                    .iter()
-                    .filter(|ip| IpFamily::of(ip) == opts.family)
-                    .filter(|ip| !ip.is_loopback() || localhost)
-                    .map(|ip| format!("-d {}", host_net(*ip)))
-                    .collect(),
-            };
-            for dst in dsts {
+            for dst in nodeport_destinations(opts) {
                 let (c, h) = rules(None, &format!("{dst} --dport {}", l.node_port));
                 nodeports.0.extend(c);
                 nodeports.1.push(h);
@@ -306,6 +290,29 @@ pub fn render_steering(opts: &SteeringOpts, listeners: &[(&ListenerPlan, u16)]) 
     host.extend(nodeports.1);
     container.extend(host);
     Steering { filter, nat: container }
+}
+
+/// The destination matches of NodePort traffic: every local address (not
+/// `::1`, nor 127.0.0.0/8 unless localhost NodePorts are on), or each
+/// `--nodeport-addresses` IP of the family.
+fn nodeport_destinations(opts: &SteeringOpts) -> Vec<String> {
+    let localhost = opts.family == IpFamily::V4 && opts.localhost_nodeports;
+    match &opts.nodeports {
+        NodePortTargets::AllLocal => {
+            let not_loopback = match opts.family {
+                IpFamily::V6 => " ! -d ::1/128",
+                IpFamily::V4 if !localhost => " ! -d 127.0.0.0/8",
+                IpFamily::V4 => "",
+            };
+            vec![format!("-m addrtype --dst-type LOCAL{not_loopback}")]
+        }
+        NodePortTargets::Ips(ips) => ips
+            .iter()
+            .filter(|ip| IpFamily::of(ip) == opts.family)
+            .filter(|ip| !ip.is_loopback() || localhost)
+            .map(|ip| format!("-d {}", host_net(*ip)))
+            .collect(),
+    }
 }
 
 /// The iptables-restore input that makes our chains hold exactly
