@@ -84,6 +84,7 @@ suite! {
     modes {
         iptables => Mode::Iptables,
         nftables => Mode::Nftables,
+        userspace => Mode::Userspace,
     }
     proof { empty => Mode::Empty }
     cases {
@@ -98,7 +99,10 @@ suite! {
         terminating_endpoints_serve_when_none_is_ready,
         service_without_endpoints_rejects,
         hairpin_to_self_through_vip_is_masqueraded,
-        udp_flow_moves_to_new_endpoint_after_conntrack_cleanup,
+        udp_flow_moves_to_new_endpoint_after_conntrack_cleanup [
+            skip(userspace: "no conntrack entry pins a relayed UDP flow to its endpoint: the relay moves a \
+                             session off an endpoint that left at once (src/backend/userspace/tests.rs)")
+        ],
         ipv6_cluster_ip_reaches_endpoints,
         partial_sync_rewrites_only_the_changed_service,
         restart_keeps_rules_and_established_connections,

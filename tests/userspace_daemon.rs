@@ -30,8 +30,8 @@ fn slice(eps: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
         .build()
 }
 
-/// The status code of GET `path` from `addr` inside `ns`.
-fn http_status(ns: &netns::Netns, addr: &str, path: &str) -> Option<u16> {
+/// The status code and body of GET `path` from `addr` inside `ns`.
+fn http_get(ns: &netns::Netns, addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let addr: SocketAddr = addr.parse().ok()?;
     let path = path.to_string();
@@ -41,13 +41,50 @@ fn http_status(ns: &netns::Netns, addr: &str, path: &str) -> Option<u16> {
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
-        buf.split_whitespace().nth(1)?.parse().ok()
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
     })
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus exposition.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Feeds `text` to `promtool check metrics`; its complaints, if any.
+fn promtool_check(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool: {e}"))?;
+    if let Some(mut stdin) = promtool.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("feed promtool: {e}"))?;
+    }
+    let out = promtool.wait_with_output().map_err(|e| format!("promtool: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_relays_service_traffic_and_cleans_up() {
-    if !netns::require_root_tools(&["ip", "iptables-restore", "iptables-save", "ip6tables-save"]) {
+    if !netns::require_root_tools(&["ip", "iptables-restore", "iptables-save", "ip6tables-save", "promtool"]) {
         return;
     }
     let topo = Topology::builder().pods(2).build();
@@ -113,17 +150,24 @@ async fn daemon_relays_service_traffic_and_cleans_up() {
     assert!(listing.contains("-A KUBE-PORTALS-CONTAINER"), "{listing}");
     // Health and metrics work in this mode too.
     assert_eq!(
-        http_status(node, "127.0.0.1:10256", "/healthz"),
+        http_get(node, "127.0.0.1:10256", "/healthz").map(|(code, _)| code),
         Some(200),
         "{}",
         show_log()
     );
-    assert_eq!(
-        http_status(node, "127.0.0.1:10249", "/metrics"),
-        Some(200),
-        "{}",
-        show_log()
-    );
+    let metrics = match http_get(node, "127.0.0.1:10249", "/metrics") {
+        Some((200, body)) => body,
+        other => panic!("/metrics: {other:?}\n{}", show_log()),
+    };
+    if let Err(e) = promtool_check(&metrics) {
+        panic!("promtool check metrics:\n{e}\n--- metrics ---\n{metrics}");
+    }
+    // The two connections above went through the relay and were counted.
+    let accepted = sample(&metrics, "kproxy_userspace_connections_accepted_total");
+    assert!(accepted.is_some_and(|n| n >= 2.0), "accepted: {accepted:?}\n{metrics}");
+    let bytes = sample(&metrics, "kproxy_userspace_bytes_to_clients_total");
+    assert!(bytes.is_some_and(|n| n > 0.0), "bytes to clients: {bytes:?}\n{metrics}");
+    assert_eq!(sample(&metrics, "kproxy_userspace_sctp_ports_not_relayed"), Some(0.0));
 
     // The endpoint moves to pod1: new connections follow.
     api.apply_slice(slice(&["198.18.1.11"]));

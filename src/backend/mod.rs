@@ -170,10 +170,20 @@ pub trait Backend: Send {
 
 /// The backend for the configured mode, ready to program the node through `sys`.
 pub fn for_mode(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Result<Box<dyn Backend>, BackendError> {
+    for_mode_with_board(cfg, sys, userspace::RelayBoard::default())
+}
+
+/// [`for_mode`], with userspace mode's relay counters reported to `board`
+/// (which the metrics read).
+pub fn for_mode_with_board(
+    cfg: &crate::config::Config,
+    sys: crate::sys::Sys,
+    board: userspace::RelayBoard,
+) -> Result<Box<dyn Backend>, BackendError> {
     match cfg.mode {
         ProxyMode::Iptables => Ok(Box::new(iptables_backend(cfg, sys))),
         ProxyMode::Nftables => Ok(Box::new(nftables_backend(cfg, sys))),
-        ProxyMode::Userspace => Ok(Box::new(userspace_backend(cfg, sys))),
+        ProxyMode::Userspace => Ok(Box::new(userspace_backend(cfg, sys).with_board(board))),
         mode => Err(BackendError::Unavailable(mode, "not implemented yet".into())),
     }
 }

@@ -23,15 +23,6 @@ use crate::watch;
 pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     let node_name = super::node_name(cfg)?;
     let runner_cfg = RunnerConfig::try_new(cfg.min_sync_period, cfg.sync_period)?;
-    let backend = backend::for_mode(cfg, Sys::real())?;
-    info!(mode = %cfg.mode, node = %node_name, "Using {} proxier", cfg.mode);
-    for mut other in backend::other_modes(cfg, Sys::real()) {
-        if let Err(e) = other.cleanup() {
-            warn!(mode = %other.mode(), error = %e, "Cannot remove another mode's leftovers");
-        }
-    }
-    let client = super::kube_client(cfg).await?;
-
     let metrics = if cfg.localhost_nodeport_proxy() {
         // KEP-6032: the nftables reject counters, read at each scrape.
         let counters = backend::nftables::localhost::RejectedCounters::new(Sys::real());
@@ -48,6 +39,15 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     } else {
         Metrics::new(cfg.mode)
     };
+    let backend = backend::for_mode_with_board(cfg, Sys::real(), metrics.relay_board())?;
+    info!(mode = %cfg.mode, node = %node_name, "Using {} proxier", cfg.mode);
+    for mut other in backend::other_modes(cfg, Sys::real()) {
+        if let Err(e) = other.cleanup() {
+            warn!(mode = %other.mode(), error = %e, "Cannot remove another mode's leftovers");
+        }
+    }
+    let client = super::kube_client(cfg).await?;
+
     let model = Arc::new(Mutex::new(Model::new(node_name.clone(), SelectionOptions::default())));
     let runner = Runner::new(runner_cfg);
     let trigger = runner.trigger();

@@ -13,6 +13,7 @@
 //! dashboards see the same names and values).
 
 pub mod process;
+pub mod userspace;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -25,6 +26,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::backend::userspace::RelayBoard;
 use crate::backend::{SyncKind, SyncStats};
 use crate::config::ProxyMode;
 use crate::model::{IpFamily, Protocol};
@@ -114,6 +116,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     inner: Arc<Inner>,
     mode: ProxyMode,
+    relay_board: RelayBoard,
 }
 
 // === impl RejectedPacketsCollector ===
@@ -340,11 +343,22 @@ impl Metrics {
             );
             r.register_collector(Box::new(RejectedPacketsCollector { source }));
         }
+        let relay_board = RelayBoard::default();
+        if mode == ProxyMode::Userspace {
+            r.register_collector(Box::new(userspace::RelayCollector::new(relay_board.clone())));
+        }
         Self {
             registry: Arc::new(r),
             inner: Arc::new(inner),
             mode,
+            relay_board,
         }
+    }
+
+    /// The board userspace mode's backend reports its relays to; its
+    /// totals are exported as `kproxy_userspace_*` in userspace mode.
+    pub fn relay_board(&self) -> RelayBoard {
+        self.relay_board.clone()
     }
 
     /// The Prometheus text exposition (format 0.0.4), what kube-proxy serves.
@@ -632,5 +646,24 @@ mod tests {
             .filter(|l| l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_bucket"))
             .count();
         assert_eq!(buckets, 16);
+    }
+
+    #[test]
+    fn userspace_mode_exports_the_relay_board() {
+        let m = Metrics::new(ProxyMode::Userspace);
+        m.relay_board().set_sctp_not_relayed(2);
+        let text = m.encode();
+        for want in [
+            "# TYPE kproxy_userspace_connections_accepted_total counter",
+            "kproxy_userspace_connections_accepted_total 0",
+            "kproxy_userspace_connections_refused_at_limit_total 0",
+            "kproxy_userspace_bytes_to_endpoints_total 0",
+            "# TYPE kproxy_userspace_connections_active gauge",
+            "kproxy_userspace_sctp_ports_not_relayed 2",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        let other = Metrics::new(ProxyMode::Iptables).encode();
+        assert!(!other.contains("kproxy_userspace_"), "only userspace mode exports them");
     }
 }

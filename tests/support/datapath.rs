@@ -26,7 +26,10 @@
 //! ```
 //!
 //! A flow expecting anything else that gets the `unhandled` answer fails
-//! saying that no rule handled it.
+//! saying that no rule handled it. A mode that cannot honour a flow as
+//! written runs it as [`Mode::adapt`] says and prints `ADAPTED` with the
+//! reason (userspace mode: the relay connects from the node, resets instead
+//! of refusing, sends no ICMP).
 //!
 //! The scenarios live in [`cases`], one function per behaviour, taking the
 //! [`Mode`]. `tests/datapath.rs` is their table: every case in every mode
@@ -63,6 +66,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy::backend::iptables::names::PortChains;
 use kproxy::backend::iptables::{IptablesBackend, Settings};
 use kproxy::backend::nftables::{self, NftablesBackend};
+use kproxy::backend::userspace::{self, UserspaceBackend};
 use kproxy::backend::{Backend, RecordingBackend, SyncKind};
 use kproxy::config::NodePortAddresses;
 use kproxy::model::builders::{EpSpec, ServiceBuilder, mk_node, mk_service, mk_slice};
@@ -317,6 +321,11 @@ impl CommandRunner for RecordingRunner {
 pub enum Mode {
     Iptables,
     Nftables,
+    /// kproxy relays the traffic itself (steering rules through iptables,
+    /// relays on a runtime whose threads live in the node namespace). The
+    /// relay opens its own connection, so a pod always sees the node's
+    /// address; [`Mode::adapt`] rewrites the flows this changes, loudly.
+    Userspace,
     /// Programs nothing (a recording backend): the empty ruleset every case
     /// must fail against (see [`prove_fails_without_rules`]). Its rule checks
     /// (`check_*`) pass vacuously, so a case runs on to all of its flow
@@ -328,7 +337,25 @@ pub enum Mode {
 pub enum ModeBackend {
     Iptables(IptablesBackend),
     Nftables(NftablesBackend),
+    Userspace(Box<UserspaceMode>),
     Empty(RecordingBackend),
+}
+
+/// The userspace backend and the runtime its relays run on (built in the
+/// node namespace: worker threads inherit the namespace of the thread that
+/// builds it). Dropping it ends every relayed connection, as a stopped
+/// kproxy does.
+pub struct UserspaceMode {
+    backend: UserspaceBackend,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for UserspaceMode {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
 }
 
 impl ModeBackend {
@@ -336,6 +363,7 @@ impl ModeBackend {
         match self {
             ModeBackend::Iptables(b) => b,
             ModeBackend::Nftables(b) => b,
+            ModeBackend::Userspace(u) => &mut u.backend,
             ModeBackend::Empty(b) => b,
         }
     }
@@ -346,6 +374,7 @@ impl Mode {
         match self {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
+            Mode::Userspace => "userspace",
             Mode::Empty => "empty",
         }
     }
@@ -364,6 +393,14 @@ impl Mode {
                 "sysctl",
             ],
             Mode::Nftables => &["nft", "conntrack", "sysctl"],
+            Mode::Userspace => &[
+                "iptables-save",
+                "iptables-restore",
+                "ip6tables-save",
+                "ip6tables-restore",
+                "conntrack",
+                "sysctl",
+            ],
             Mode::Empty => &["conntrack", "sysctl"],
         }
     }
@@ -378,8 +415,35 @@ impl Mode {
         tools
     }
 
-    fn new_backend(self, sys: Sys, cfg: &DpConfig) -> ModeBackend {
+    fn new_backend(self, sys: Sys, cfg: &DpConfig, node: &Netns) -> ModeBackend {
         match self {
+            Mode::Userspace => {
+                let runtime = node.run_in(|| {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap_or_else(|e| panic!("relay runtime: {e}"))
+                });
+                let settings = Settings {
+                    masquerade_mark: MASQUERADE_MARK,
+                    masquerade_all: cfg.masquerade_all,
+                    cluster_cidrs: cluster_cidrs(),
+                    nodeport_addresses: cfg.nodeport_addresses.clone(),
+                    localhost_nodeports: cfg.localhost_nodeports,
+                    conntrack_liberal: false,
+                };
+                let backend = UserspaceBackend::new(
+                    sys,
+                    settings,
+                    userspace::Settings::default(),
+                    Some(runtime.handle().clone()),
+                );
+                ModeBackend::Userspace(Box::new(UserspaceMode {
+                    backend,
+                    runtime: Some(runtime),
+                }))
+            }
             Mode::Iptables => {
                 let settings = Settings {
                     masquerade_mark: MASQUERADE_MARK,
@@ -412,7 +476,7 @@ impl Mode {
     /// whole ruleset.
     fn dump_commands(self) -> &'static [&'static [&'static str]] {
         match self {
-            Mode::Iptables => &[&["iptables-save"], &["ip6tables-save"]],
+            Mode::Iptables | Mode::Userspace => &[&["iptables-save"], &["ip6tables-save"]],
             Mode::Nftables => &[&["nft", "list", "ruleset"]],
             Mode::Empty => &[],
         }
@@ -457,6 +521,17 @@ impl Mode {
                         .any(|l| l.starts_with("-A KUBE-SEP-") && l.contains("-j DNAT"))
             }
             Mode::Nftables => nft::vip_programmed(dump, proto, vip, port),
+            Mode::Userspace => {
+                let dst = format!("-d {vip}/{} ", if vip.is_ipv4() { 32 } else { 128 });
+                let (proto, dport) = (format!("-p {proto} "), format!("--dport {port} "));
+                dump.lines().any(|l| {
+                    l.starts_with("-A KUBE-PORTALS-CONTAINER ")
+                        && l.contains(&dst)
+                        && l.contains(&proto)
+                        && l.contains(&dport)
+                        && l.contains("-j REDIRECT --to-ports ")
+                })
+            }
             Mode::Empty => false,
         }
     }
@@ -479,14 +554,33 @@ impl Mode {
                 }
             }
             Mode::Nftables => nft::check_health_check_port(&self.dump(node), port),
+            // No filter rule of this mode drops a health-check node port
+            // (its only DROPs are for load-balancer IPs with source ranges).
+            Mode::Userspace => {
+                let dump = self.dump(node);
+                let dport = format!("--dport {port} ");
+                match dump.lines().find(|l| l.contains(&dport) && l.contains("-j DROP")) {
+                    Some(l) => Err(format!("health check port {port} dropped: {l}")),
+                    None => Ok(()),
+                }
+            }
             Mode::Empty => Ok(()),
         }
     }
 
     /// The last (partial) sync's kernel input for IPv4 touched `changed`'s
-    /// rules and nothing shared or of `unchanged` services.
-    pub fn check_partial_input(self, backend: &ModeBackend, changed: &str, unchanged: &[&str]) -> Result<(), String> {
-        match (self, backend) {
+    /// rules and nothing shared or of `unchanged` services. Userspace mode:
+    /// an endpoint change is a new target set for the listener, so the sync
+    /// (whose commands are `dp.calls()`) wrote no rule at all.
+    pub fn check_partial_input(self, dp: &Dp, changed: &str, unchanged: &[&str]) -> Result<(), String> {
+        match (self, dp.backend()) {
+            (Mode::Userspace, ModeBackend::Userspace(_)) => {
+                let calls = dp.calls();
+                match calls.iter().find(|c| c.program.ends_with("-restore")) {
+                    Some(c) => Err(format!("an endpoint change of {changed} rewrote steering rules: {c:?}")),
+                    None => Ok(()),
+                }
+            }
             (Mode::Iptables, ModeBackend::Iptables(b)) => {
                 let input = b
                     .last_input(IpFamily::V4)
@@ -557,6 +651,14 @@ impl Mode {
                 }
             }
             Mode::Nftables => nft::check_no_leftovers(dump, svc),
+            // Every steering rule carries its service port in a comment.
+            Mode::Userspace => {
+                let comment = format!("{NS}/{svc}:");
+                match dump.lines().find(|l| l.contains(&comment)) {
+                    Some(l) => Err(format!("rule of deleted {NS}/{svc} left: {l}")),
+                    None => Ok(()),
+                }
+            }
             Mode::Empty => Ok(()),
         }
     }
@@ -565,7 +667,7 @@ impl Mode {
     /// built-in chains inserted again by a restarted proxy).
     pub fn check_no_duplicate_rules(self, dump: &str) -> Result<(), String> {
         match self {
-            Mode::Iptables => {
+            Mode::Iptables | Mode::Userspace => {
                 let mut seen = std::collections::BTreeSet::new();
                 // Table sections, counted: the IPv6 dump follows the IPv4 one.
                 let mut section = 0;
@@ -592,7 +694,7 @@ impl Mode {
     /// flush of the whole table/ruleset).
     pub fn check_apply_calls(self, calls: &[Call]) -> Result<(), String> {
         match self {
-            Mode::Iptables => {
+            Mode::Iptables | Mode::Userspace => {
                 let restores: Vec<&Call> = calls.iter().filter(|c| c.program.ends_with("-restore")).collect();
                 if restores.is_empty() {
                     return Err("no iptables-restore call recorded".into());
@@ -607,12 +709,54 @@ impl Mode {
         }
     }
 
+    /// `flow` as this mode can honour it, and why it differs when it does.
+    /// Userspace mode relays every connection from the node itself: the
+    /// pod sees the node's address of the family (never the client's); a
+    /// TCP connection without endpoints is accepted and then reset; a UDP
+    /// datagram without endpoints is dropped (the relay sends no ICMP).
+    pub fn adapt(self, flow: &Flow) -> (Flow, Option<&'static str>) {
+        let mut f = flow.clone();
+        if self != Mode::Userspace {
+            return (f, None);
+        }
+        let mut why = None;
+        if f.src == Src::Own {
+            f.src = Src::Ip(if f.to.is_ipv4() { node_ip() } else { node_ip6() });
+            why = Some("the relay connects from the node: the pod sees the node's address, not the client's");
+        }
+        if f.expect == Expect::Refused {
+            (f.expect, why) = match f.proto {
+                Proto::Tcp => (
+                    Expect::Reset,
+                    Some("the relay accepts before it knows there is no endpoint: a reset after connect"),
+                ),
+                Proto::Udp => (
+                    Expect::Timeout,
+                    Some("the relay sends no ICMP: a datagram without endpoints is dropped"),
+                ),
+            };
+        }
+        (f, why)
+    }
+
+    /// Whether the mode relays connections in the kproxy process (so a
+    /// restart ends them) instead of the kernel's NAT.
+    pub fn relays_in_process(self) -> bool {
+        self == Mode::Userspace
+    }
+
+    /// Whether the mode programs SCTP service ports (userspace mode skips
+    /// them: reported, never fatal).
+    pub fn handles_sctp(self) -> bool {
+        self != Mode::Userspace
+    }
+
     /// Whether NodePorts answer on 127.0.0.1. kube-proxy's nftables mode
     /// has no localhost NodePorts (and neither has ours). The empty mode
     /// keeps the flow as given (it must fail it).
     pub fn serves_localhost_node_ports(self) -> bool {
         match self {
-            Mode::Iptables | Mode::Empty => true,
+            Mode::Iptables | Mode::Userspace | Mode::Empty => true,
             Mode::Nftables => false,
         }
     }
@@ -903,6 +1047,9 @@ pub enum Expect {
     Refused,
     /// Every try unanswered (DROP).
     Timeout,
+    /// Every try connected and was then reset (a relay that accepted the
+    /// connection before it found no endpoint to take it).
+    Reset,
     /// Every try answered by the unhandled responder: no rule touched it.
     Unhandled,
 }
@@ -1000,6 +1147,7 @@ impl Flow {
             Expect::Sticky(_) => 20,
             Expect::Refused => 3,
             Expect::Timeout => 1,
+            Expect::Reset => 3,
             Expect::Unhandled => 2,
         })
     }
@@ -1063,6 +1211,14 @@ fn judge(flow: &Flow, results: &[Result<Reply, ConnError>]) -> Result<(), String
             "{unhandled} of {} tries answered by the {UNHANDLED} responder: NO RULE HANDLED THIS FLOW",
             results.len()
         )),
+        Expect::Reset => {
+            let reset = |r: &Result<Reply, ConnError>| matches!(r, Err(ConnError::Other(m)) if m.contains("reset"));
+            if results.iter().all(reset) {
+                Ok(())
+            } else {
+                fail("expected a reset after connect every time".into())
+            }
+        }
         Expect::Refused | Expect::Timeout => {
             let want = if flow.expect == Expect::Refused {
                 ConnError::Refused
@@ -1155,7 +1311,7 @@ impl Dp {
             calls,
             topo,
         };
-        dp.backend = Some(mode.new_backend(dp.sys(), &dp.cfg));
+        dp.backend = Some(mode.new_backend(dp.sys(), &dp.cfg, dp.topo.node()));
         Some(dp)
     }
 
@@ -1231,7 +1387,10 @@ impl Dp {
             Some(b) => b,
             None => panic!("no backend"),
         };
-        if let Err(e) = backend.backend().sync(&desired, &changes, kind) {
+        // In the node namespace: the userspace relays' sockets belong to
+        // the namespace of the thread that opens them.
+        let node = self.topo.node();
+        if let Err(e) = node.run_in(|| backend.backend().sync(&desired, &changes, kind)) {
             panic!(
                 "{} {kind:?} sync failed: {e}\n{e:?}\n--- rules in node ---\n{}",
                 mode.name(),
@@ -1261,7 +1420,7 @@ impl Dp {
     /// everything, as for a freshly started daemon.
     pub fn restart_backend(&mut self) {
         self.backend = None;
-        self.backend = Some(self.mode.new_backend(self.sys(), &self.cfg));
+        self.backend = Some(self.mode.new_backend(self.sys(), &self.cfg, self.topo.node()));
         self.model.forget_programmed();
     }
 
@@ -1282,9 +1441,14 @@ impl Dp {
             .collect()
     }
 
-    /// Run one flow; Err describes the mismatch.
+    /// Run one flow (as the mode can honour it, see [`Mode::adapt`]); Err
+    /// describes the mismatch.
     pub fn run_flow(&self, flow: &Flow) -> Result<(), String> {
-        judge(flow, &self.flow_results(flow))
+        let (flow, why) = self.mode.adapt(flow);
+        if let Some(why) = why {
+            loud(&format!("ADAPTED in {}: {flow}: {why}", self.mode.name()));
+        }
+        judge(&flow, &self.flow_results(&flow))
     }
 
     /// Run every flow of the table; panic listing every mismatch (and the
@@ -2121,6 +2285,7 @@ pub mod cases {
         ]);
 
         dp.apply_slice(&slice("svc7", &[local(1), local(0)]));
+        dp.clear_calls();
         let changes = dp.sync(SyncKind::Partial);
         assert_eq!(
             changes.ports.len(),
@@ -2130,7 +2295,7 @@ pub mod cases {
         );
         let others: Vec<String> = (0..N).filter(|i| *i != 7).map(name).collect();
         let others: Vec<&str> = others.iter().map(String::as_str).collect();
-        if let Err(e) = mode.check_partial_input(dp.backend(), "svc7", &others) {
+        if let Err(e) = mode.check_partial_input(&dp, "svc7", &others) {
             panic!("partial sync input is not scoped to svc7: {e}");
         }
         dp.check(&[
@@ -2144,7 +2309,8 @@ pub mod cases {
 
     /// A restarted proxy (new backend, same kernel rules) Full-syncs the same
     /// state without ever removing the service's rules, and an established
-    /// connection through the VIP keeps working.
+    /// connection through the VIP keeps working (in a mode relaying in the
+    /// kproxy process it ends with the old process, and new ones work).
     pub fn restart_keeps_rules_and_established_connections(mode: Mode) {
         let Some(mut dp) = Dp::start(mode) else { return };
         const ECHO: u16 = 7070;
@@ -2200,11 +2366,15 @@ pub mod cases {
         if let Err(e) = mode.check_no_leftovers(&after_sync, "gone") {
             panic!("after the restart's full sync:\n{e}\n--- rules ---\n{after_sync}");
         }
-        assert_eq!(
-            conn.exchange("again", REPLY_TIMEOUT)
-                .expect("exchange after the restart"),
-            "pod0 again"
-        );
+        let again = conn.exchange("again", REPLY_TIMEOUT);
+        if mode.relays_in_process() {
+            assert!(
+                again.is_err(),
+                "a relayed connection cannot outlive the relay that carried it: {again:?}"
+            );
+        } else {
+            assert_eq!(again.expect("exchange after the restart"), "pod0 again");
+        }
         // New connections work too.
         let mut fresh = EchoClient::connect(dp.topo.pod(1), to, REPLY_TIMEOUT).expect("new connection after restart");
         assert_eq!(fresh.exchange("new", REPLY_TIMEOUT).expect("new exchange"), "pod0 new");
@@ -2620,7 +2790,8 @@ pub mod cases {
     /// SCTP service ports: the kernel loads their rules (this kernel has no
     /// SCTP transport, so no SCTP packet is sent): the sync succeeds, the
     /// rules for the SCTP port are in the ruleset and the service's TCP port
-    /// works.
+    /// works. A mode that does not handle SCTP skips the port: the sync
+    /// still succeeds, the TCP port works, nothing steers the SCTP port.
     pub fn sctp_service_port_rules_load(mode: Mode) {
         let Some(mut dp) = Dp::start(mode) else { return };
         let vip = v4(250);
@@ -2645,9 +2816,17 @@ pub mod cases {
             Flow::tcp(Who::Client, SocketAddr::new(node_ext_ip(), 30082)).reaches(&[0, 1]),
         ]);
         let dump = dp.dump();
-        assert!(
-            mode.vip_programmed_for(&dump, "sctp", vip, SCTP_PORT),
-            "no rules send {vip}:{SCTP_PORT}/sctp to its endpoints:\n{dump}"
-        );
+        if mode.handles_sctp() {
+            assert!(
+                mode.vip_programmed_for(&dump, "sctp", vip, SCTP_PORT),
+                "no rules send {vip}:{SCTP_PORT}/sctp to its endpoints:\n{dump}"
+            );
+        } else {
+            assert!(
+                !mode.vip_programmed_for(&dump, "sctp", vip, SCTP_PORT) && !dump.contains("-p sctp"),
+                "{} mode does not handle SCTP, yet rules mention it:\n{dump}",
+                mode.name()
+            );
+        }
     }
 }

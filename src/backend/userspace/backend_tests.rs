@@ -373,3 +373,87 @@ async fn sync_stats_count_ports_without_local_endpoints_per_family() {
         .collect();
     assert_eq!(families, vec![(IpFamily::V4, 0, 1)], "IPv4 only: no IPv6 service");
 }
+
+#[tokio::test]
+async fn node_ports_leave_localhost_alone_unless_asked() {
+    let r = runner("");
+    let mut b = UserspaceBackend::new(
+        Sys::fake(r.clone()),
+        BackendSettings {
+            localhost_nodeports: false,
+            ..settings()
+        },
+        Settings::default(),
+        Some(Handle::current()),
+    );
+    let mut m = model();
+    sync(&mut b, &mut m, SyncKind::Full);
+    let v4 = &restores(&r)[0];
+    let nodeport: Vec<&str> = v4.stdin.lines().filter(|l| l.contains("--dport 30080")).collect();
+    assert_eq!(nodeport.len(), 2, "{}", v4.stdin);
+    assert!(
+        nodeport
+            .iter()
+            .all(|l| l.contains("--dst-type LOCAL ! -d 127.0.0.0/8 ")),
+        "localhostNodePorts false: 127.0.0.1 excluded: {nodeport:?}"
+    );
+}
+
+/// kube-proxy sends pods' and the node's own traffic to an
+/// externalTrafficPolicy Local service's external addresses to every
+/// endpoint; only traffic from elsewhere is limited to local endpoints.
+#[tokio::test]
+async fn local_external_policy_short_circuits_pods_and_the_node() {
+    let r = runner("");
+    let mut b = UserspaceBackend::new(
+        Sys::fake(r.clone()),
+        BackendSettings {
+            cluster_cidrs: vec!["198.18.1.0/24".parse().expect("cidr")],
+            ..settings()
+        },
+        Settings::default(),
+        Some(Handle::current()),
+    );
+    let mut m = Model::new("node-a", SelectionOptions::default());
+    m.set_node(Some(&mk_node("node-a").internal_ip("198.18.1.1").build()));
+    m.apply_service(
+        &mk_service("default", "local")
+            .type_("NodePort")
+            .cluster_ip("198.19.0.4")
+            .node_port("http", 80, "TCP", 30082)
+            .target_port(8080)
+            .external_traffic_policy_local()
+            .health_check_node_port(32100)
+            .build(),
+    );
+    m.apply_slice(
+        &mk_slice("default", "local-1", "local")
+            .port("http", 8080, "TCP")
+            .endpoint_on("198.18.1.10", "node-a")
+            .endpoint_on("198.18.1.20", "node-b")
+            .build(),
+    );
+    sync(&mut b, &mut m, SyncKind::Full);
+    let listener = |class| {
+        b.listeners()
+            .find(|(k, _)| k.class == class)
+            .map(|(_, r)| (r.local_addr().port(), r.targets().endpoints.len()))
+            .expect("listener")
+    };
+    let ((short, short_eps), (external, external_eps)) = (listener(Class::ShortCircuit), listener(Class::External));
+    assert_eq!((short_eps, external_eps), (2, 1), "every endpoint vs the local one");
+    let v4 = &restores(&r)[0].stdin;
+    let rules: Vec<&str> = v4.lines().filter(|l| l.contains("--dport 30082")).collect();
+    let c = "-m comment --comment \"default/local:http\" -p tcp -m tcp";
+    let np = "-m addrtype --dst-type LOCAL --dport 30082";
+    assert_eq!(
+        rules,
+        [
+            format!("-A KUBE-PORTALS-CONTAINER {c} -s 198.18.1.0/24 {np} -j REDIRECT --to-ports {short}"),
+            format!("-A KUBE-PORTALS-CONTAINER {c} {np} -j REDIRECT --to-ports {external}"),
+            format!("-A KUBE-PORTALS-HOST {c} {np} -j DNAT --to-destination 198.18.1.1:{short}"),
+            format!("-A KUBE-PORTALS-HOST {c} {np} -j DNAT --to-destination 198.18.1.1:{external}"),
+        ],
+        "{v4}"
+    );
+}

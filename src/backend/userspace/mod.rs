@@ -62,7 +62,7 @@ mod tests;
 pub use balancer::Balancer;
 pub use relay::{CONNECT_TIMEOUTS, Clock, CopyMode, NoEndpoints, Relay, RelayError, Settings, SystemClock, TargetSet};
 pub use render::{Class, ListenerKey, ListenerPlan, Plans, Steering, SteeringOpts};
-pub use stats::{RelayStats, StatsSnapshot};
+pub use stats::{RelayBoard, RelayStats, RelayTotals, StatsSnapshot};
 
 /// The userspace backend: relays opened and closed from the desired state,
 /// steering rules through `iptables-restore`.
@@ -81,6 +81,8 @@ pub struct UserspaceBackend {
     variant: Option<Variant>,
     /// The port each UDP listener's steering rules last sent traffic to.
     udp_steered: BTreeMap<ListenerKey, u16>,
+    /// Where the relays' counters are added up for the metrics.
+    board: RelayBoard,
 }
 
 /// What one family's part of a sync wrote.
@@ -107,7 +109,14 @@ impl UserspaceBackend {
             nofile_raised: false,
             variant: None,
             udp_steered: BTreeMap::new(),
+            board: RelayBoard::default(),
         }
+    }
+
+    /// Reports the relays' counters to `board` (the metrics read it).
+    pub fn with_board(mut self, board: RelayBoard) -> Self {
+        self.board = board;
+        self
     }
 
     /// The open listeners and their addresses.
@@ -136,6 +145,7 @@ impl UserspaceBackend {
             }
         }
         self.reported_sctp.retain(|n| sctp.contains(n));
+        self.board.set_sctp_not_relayed(sctp.len());
     }
 
     /// Opens, updates and closes listeners; returns how many were opened or
@@ -156,6 +166,7 @@ impl UserspaceBackend {
             let addr = SocketAddr::new(render::unspecified(l.key.family), 0);
             match Relay::bind(l.protocol, addr, l.targets.clone(), self.relay.clone(), handle) {
                 Ok(relay) => {
+                    self.board.track(relay.stats().clone());
                     debug!(service_port = %l.key.port, family = %l.key.family, class = l.key.class.as_str(),
                         listen = %relay.local_addr(), "Listener open");
                     self.listeners.insert(l.key.clone(), relay);
@@ -174,6 +185,7 @@ impl UserspaceBackend {
             family,
             host_target: opts.node_ips.first().copied(),
             nodeports: opts.nodeports,
+            localhost_nodeports: self.settings.localhost_nodeports,
         }
     }
 

@@ -21,13 +21,18 @@ use super::names::{self, JUMP_COMMENT, JUMPS, Jump, TABLES, Table};
 use super::relay::{NoEndpoints, TargetSet};
 use crate::backend::settings::{NodePortTargets, Settings};
 use crate::config::ProxyMode;
-use crate::model::{DesiredState, IpFamily, PortPlan, Protocol, ServicePortName};
+use crate::model::{DesiredState, IpFamily, PortPlan, Protocol, Route, ServicePortName};
 
 /// Which traffic of a service port a listener serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
     /// To the ClusterIP.
     Internal,
+    /// To NodePorts, externalIPs and load-balancer IPs of a service with
+    /// `externalTrafficPolicy: Local`, from pods (the cluster CIDRs) and
+    /// from the node itself: every endpoint, as kube-proxy short-circuits
+    /// such traffic. Ordered before `External`, whose rules it precedes.
+    ShortCircuit,
     /// To NodePorts, externalIPs and load-balancer IPs.
     External,
 }
@@ -57,6 +62,9 @@ pub struct ListenerPlan {
     pub source_ranges: Vec<String>,
     /// The NodePort steered to it (external listeners; 0 for none).
     pub node_port: u16,
+    /// Short-circuit listeners: the pod sources (cluster CIDRs) whose
+    /// traffic it takes in PREROUTING; the node's own traffic always.
+    pub from_pods: Vec<String>,
     pub targets: TargetSet,
 }
 
@@ -87,6 +95,10 @@ pub struct SteeringOpts {
     /// REDIRECT (to the loopback address) instead.
     pub host_target: Option<IpAddr>,
     pub nodeports: NodePortTargets,
+    /// NodePorts answer on 127.0.0.1 (`iptables.localhostNodePorts` in the
+    /// configuration file; IPv4 only: `::1` is never a NodePort address,
+    /// as in kube-proxy).
+    pub localhost_nodeports: bool,
 }
 
 // === impl Class ===
@@ -95,6 +107,7 @@ impl Class {
     pub fn as_str(self) -> &'static str {
         match self {
             Class::Internal => "internal",
+            Class::ShortCircuit => "short-circuit",
             Class::External => "external",
         }
     }
@@ -133,6 +146,7 @@ pub fn plan_listeners(desired: &DesiredState, settings: &Settings) -> Plans {
                 load_balancer_ips: Vec::new(),
                 source_ranges: Vec::new(),
                 node_port,
+                from_pods: Vec::new(),
                 targets: TargetSet::for_route(&plan, route),
             };
             let cluster = of_family(&port.cluster_ips);
@@ -148,11 +162,33 @@ pub fn plan_listeners(desired: &DesiredState, settings: &Settings) -> Plans {
                     let ranges = fw.source_ranges.iter().map(ToString::to_string);
                     ranges.chain(fw.node_allowance.iter().map(|ip| host_net(*ip))).collect()
                 });
-                plans.listeners.push(ListenerPlan {
+                let external_listener = ListenerPlan {
                     load_balancer_ips,
                     source_ranges,
                     ..listener(Class::External, external, port.node_port, plan.external)
-                });
+                };
+                if plan.masquerade.local_origin_to_cluster {
+                    let route = if plan.has_endpoints {
+                        Route::Cluster
+                    } else {
+                        plan.external
+                    };
+                    plans.listeners.push(ListenerPlan {
+                        key: ListenerKey {
+                            class: Class::ShortCircuit,
+                            ..external_listener.key.clone()
+                        },
+                        from_pods: plan
+                            .masquerade
+                            .pods_to_cluster
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect(),
+                        targets: TargetSet::for_route(&plan, route),
+                        ..external_listener.clone()
+                    });
+                }
+                plans.listeners.push(external_listener);
             }
         }
     }
@@ -165,26 +201,55 @@ pub fn plan_listeners(desired: &DesiredState, settings: &Settings) -> Plans {
 pub fn render_steering(opts: &SteeringOpts, listeners: &[(&ListenerPlan, u16)]) -> Steering {
     let mut container = Vec::new();
     let mut host = Vec::new();
-    let mut nodeports = Vec::new();
+    let mut nodeports = (Vec::new(), Vec::new());
     let mut filter = Vec::new();
     for (l, listen) in listeners.iter().filter(|(l, _)| l.key.family == opts.family) {
         let proto = l.protocol.as_lower();
         let head = format!("-m comment --comment \"{}\" -p {proto} -m {proto}", l.key.port);
-        let mut steer = |m: String| {
-            container.push(format!("-A {} {m} {}", names::PORTALS_CONTAINER, redirect(*listen)));
-            host.push(format!("-A {} {m} {}", names::PORTALS_HOST, to_listener(opts, *listen)));
+        let short = l.key.class == Class::ShortCircuit;
+        // The PREROUTING matches for one destination: every source, or
+        // (short-circuit) each pod CIDR; a source-range match `src` is not
+        // combined with pod CIDRs (such pods go on to the external listener).
+        let pod_sources = |src: Option<&str>| -> Vec<String> {
+            match (short, src) {
+                (false, Some(s)) => vec![format!(" -s {s}")],
+                (false, None) => vec![String::new()],
+                (true, Some(_)) => Vec::new(),
+                (true, None) => l.from_pods.iter().map(|c| format!(" -s {c}")).collect(),
+            }
+        };
+        let rules = |src: Option<&str>, dst: &str| -> (Vec<String>, String) {
+            let c = pod_sources(src)
+                .iter()
+                .map(|s| format!("-A {} {head}{s} {dst} {}", names::PORTALS_CONTAINER, redirect(*listen)))
+                .collect();
+            let s = src.map_or_else(String::new, |s| format!(" -s {s}"));
+            let h = format!(
+                "-A {} {head}{s} {dst} {}",
+                names::PORTALS_HOST,
+                to_listener(opts, *listen)
+            );
+            (c, h)
+        };
+        let mut steer = |src: Option<&str>, dst: String| {
+            let (c, h) = rules(src, &dst);
+            container.extend(c);
+            host.push(h);
         };
         for vip in &l.vips {
-            steer(format!("{head} -d {} --dport {}", host_net(*vip), l.service_port));
+            steer(None, format!("-d {} --dport {}", host_net(*vip), l.service_port));
         }
         for lb in &l.load_balancer_ips {
             let dst = format!("-d {} --dport {}", host_net(*lb), l.service_port);
             if l.source_ranges.is_empty() {
-                steer(format!("{head} {dst}"));
+                steer(None, dst);
                 continue;
             }
             for src in &l.source_ranges {
-                steer(format!("{head} -s {src} {dst}"));
+                steer(Some(src), dst.clone());
+            }
+            if short {
+                continue;
             }
             // What was not redirected came from elsewhere.
             let comment = format!("{} traffic not accepted by the source ranges", l.key.port);
@@ -194,30 +259,41 @@ pub fn render_steering(opts: &SteeringOpts, listeners: &[(&ListenerPlan, u16)]) 
             ));
         }
         if l.node_port != 0 {
-            let dsts: Vec<String> = match &opts.nodeports {
-                NodePortTargets::AllLocal => vec!["-m addrtype --dst-type LOCAL".to_string()],
-                NodePortTargets::Ips(ips) => ips
-                    .iter()
-                    .filter(|ip| IpFamily::of(ip) == opts.family)
-                    .map(|ip| format!("-d {}", host_net(*ip)))
-                    .collect(),
-            };
-            for dst in dsts {
-                let m = format!("{head} {dst} --dport {}", l.node_port);
-                nodeports.push((
-                    format!("-A {} {m} {}", names::PORTALS_CONTAINER, redirect(*listen)),
-                    format!("-A {} {m} {}", names::PORTALS_HOST, to_listener(opts, *listen)),
-                ));
+            for dst in nodeport_destinations(opts) {
+                let (c, h) = rules(None, &format!("{dst} --dport {}", l.node_port));
+                nodeports.0.extend(c);
+                nodeports.1.push(h);
             }
         }
     }
     // NodePorts last: an externalIP that is also a node address keeps its own rule.
-    for (c, h) in nodeports {
-        container.push(c);
-        host.push(h);
-    }
+    container.extend(nodeports.0);
+    host.extend(nodeports.1);
     container.extend(host);
     Steering { filter, nat: container }
+}
+
+/// The destination matches of NodePort traffic: every local address (not
+/// `::1`, nor 127.0.0.0/8 unless localhost NodePorts are on), or each
+/// `--nodeport-addresses` IP of the family.
+fn nodeport_destinations(opts: &SteeringOpts) -> Vec<String> {
+    let localhost = opts.family == IpFamily::V4 && opts.localhost_nodeports;
+    match &opts.nodeports {
+        NodePortTargets::AllLocal => {
+            let not_loopback = match opts.family {
+                IpFamily::V6 => " ! -d ::1/128",
+                IpFamily::V4 if !localhost => " ! -d 127.0.0.0/8",
+                IpFamily::V4 => "",
+            };
+            vec![format!("-m addrtype --dst-type LOCAL{not_loopback}")]
+        }
+        NodePortTargets::Ips(ips) => ips
+            .iter()
+            .filter(|ip| IpFamily::of(ip) == opts.family)
+            .filter(|ip| !ip.is_loopback() || localhost)
+            .map(|ip| format!("-d {}", host_net(*ip)))
+            .collect(),
+    }
 }
 
 /// The iptables-restore input that makes our chains hold exactly

@@ -1,9 +1,17 @@
 //! Counters of one relay (one listening socket), as plain atomics the
 //! metrics module can read with [`RelayStats::snapshot`]. Counters only
 //! grow; `active` and `udp_sessions_active` are gauges.
+//!
+//! ```text
+//!   UserspaceBackend ──track(relay stats)──▶ RelayBoard ◀──totals()── metrics (at scrape time)
+//! ```
+//!
+//! A [`RelayBoard`] is the handle the backend is given (it never sees the
+//! metrics module): it sums every relay's counters, those of closed relays
+//! included, so the totals only grow.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Live counters of one relay.
 #[derive(Debug, Default)]
@@ -52,6 +60,34 @@ pub struct StatsSnapshot {
     pub udp_sessions_active: u64,
     /// Datagrams that could not be forwarded (socket buffer full, send error).
     pub datagrams_dropped: u64,
+}
+
+/// The counters of every relay the backend opened, and the service ports
+/// it could not relay. Cheap to clone; all clones share one board.
+#[derive(Clone, Debug, Default)]
+pub struct RelayBoard {
+    inner: Arc<Mutex<Board>>,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    /// Relays still held by someone besides the board (the backend, or a
+    /// connection still running after its listener closed).
+    live: Vec<Arc<RelayStats>>,
+    /// Counters of relays gone for good (gauges are 0 there).
+    retired: StatsSnapshot,
+    sctp_not_relayed: usize,
+}
+
+/// Every relay's counters added up, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayTotals {
+    /// Counters summed over every relay ever opened; gauges over the live ones.
+    pub stats: StatsSnapshot,
+    /// Relays (listening sockets) open or still relaying.
+    pub relays: usize,
+    /// SCTP service ports in the desired state, which are not relayed.
+    pub sctp_not_relayed: usize,
 }
 
 /// Which gauge an [`ActiveGuard`] holds up.
@@ -133,6 +169,71 @@ impl RelayStats {
     }
 }
 
+// === impl RelayBoard ===
+
+impl RelayBoard {
+    /// Counts `stats` from now on (and after its relay closes).
+    pub fn track(&self, stats: Arc<RelayStats>) {
+        self.lock().live.push(stats);
+    }
+
+    /// The SCTP service ports the last sync skipped.
+    pub fn set_sctp_not_relayed(&self, ports: usize) {
+        self.lock().sctp_not_relayed = ports;
+    }
+
+    /// The totals now; folds relays nobody holds any more into the
+    /// retired counters.
+    pub fn totals(&self) -> RelayTotals {
+        let mut board = self.lock();
+        let Board {
+            live,
+            retired,
+            sctp_not_relayed,
+        } = &mut *board;
+        live.retain(|s| {
+            let gone = Arc::strong_count(s) == 1;
+            if gone {
+                retired.add(&s.snapshot());
+            }
+            !gone
+        });
+        let mut stats = *retired;
+        for s in live.iter() {
+            stats.add(&s.snapshot());
+        }
+        RelayTotals {
+            stats,
+            relays: live.len(),
+            sctp_not_relayed: *sctp_not_relayed,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+// === impl StatsSnapshot ===
+
+impl StatsSnapshot {
+    /// Adds `o`'s counters and gauges to these.
+    fn add(&mut self, o: &StatsSnapshot) {
+        self.accepted += o.accepted;
+        self.active += o.active;
+        self.refused_at_limit += o.refused_at_limit;
+        self.failed_connects += o.failed_connects;
+        self.unreachable += o.unreachable;
+        self.no_endpoints += o.no_endpoints;
+        self.idle_closed += o.idle_closed;
+        self.bytes_to_endpoints += o.bytes_to_endpoints;
+        self.bytes_to_clients += o.bytes_to_clients;
+        self.udp_sessions += o.udp_sessions;
+        self.udp_sessions_active += o.udp_sessions_active;
+        self.datagrams_dropped += o.datagrams_dropped;
+    }
+}
+
 fn inc(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -146,5 +247,37 @@ impl Drop for ActiveGuard {
             Gauge::UdpSessions => &self.stats.udp_sessions_active,
         };
         gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_totals_keep_the_counts_of_closed_relays() {
+        let board = RelayBoard::default();
+        let (a, b) = (Arc::new(RelayStats::default()), Arc::new(RelayStats::default()));
+        board.track(a.clone());
+        board.track(b.clone());
+        a.accepted();
+        a.to_endpoints(10);
+        let guard = b.open(Gauge::Connections);
+        b.accepted();
+        board.set_sctp_not_relayed(1);
+        let t = board.totals();
+        assert_eq!(
+            (t.stats.accepted, t.stats.active, t.stats.bytes_to_endpoints),
+            (2, 1, 10)
+        );
+        assert_eq!((t.relays, t.sctp_not_relayed), (2, 1));
+        drop(guard);
+        drop(a);
+        let t = board.totals();
+        assert_eq!(
+            (t.stats.accepted, t.stats.active, t.stats.bytes_to_endpoints),
+            (2, 0, 10)
+        );
+        assert_eq!(t.relays, 1, "the closed relay no longer counts as open");
     }
 }
