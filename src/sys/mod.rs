@@ -4,11 +4,19 @@
 //!
 //! - [`process`]: run a tool (iptables-restore, nft, conntrack) with input.
 //! - [`sysctl`]: kernel parameters (`route_localnet`, conntrack liberal mode).
+//! - [`ipvs`]: the kernel's IPVS table over generic netlink.
+//! - [`link`]: interfaces and addresses over rtnetlink (`kube-ipvs0`).
+//! - [`netlink`]: the netlink transport under those two.
 //! - [`hostname`]: the host name, for the default node name.
 
+pub mod ipvs;
+pub mod link;
+pub mod netlink;
 pub mod process;
 pub mod sysctl;
 
+pub use ipvs::{FakeIpvs, Ipvs, IpvsError, NetlinkIpvs};
+pub use link::{FakeLinks, LinkError, Links, RtnlLinks};
 pub use process::{CommandOutput, CommandRunner, FakeCall, FakeRunner, NetnsRunner, RealRunner, RunError};
 pub use sysctl::{FakeSysctl, ProcSysctl, RunnerSysctl, Sysctl};
 
