@@ -1,0 +1,357 @@
+//! The ipvs suite, run against a real kernel IPVS inside one throwaway VM
+//! (`tests/support/vm.rs`: qemu, a Debian kernel, no network device).
+//!
+//! Each host-side #[test] asserts one check; the first of them boots the
+//! VM, whose /init runs this same binary as `--exact in_vm_suite` with
+//! KPROXY_IN_VM=1. Inside, every check builds its own namespaces
+//! (`tests/support/netns.rs`: node, pods, client; 198.18.0.0/15 and
+//! fd00::/8 only) and drives the kernel through kproxy's own clients
+//! (`kproxy::sys::{NetlinkIpvs, RtnlLinks}`), with `ipvsadm` as the
+//! independent witness of what the kernel holds.
+
+#![allow(clippy::disallowed_types)] // tests run tools directly
+
+#[path = "support/netns.rs"]
+mod netns;
+
+#[path = "support/vm.rs"]
+mod vm;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use kproxy::sys::ipvs::{Protocol, RealServer, ServiceKey, Timeouts, VirtualServer};
+use kproxy::sys::{Ipvs, Links, NetlinkIpvs, RtnlLinks};
+use netns::{Netns, Topology, vip4, vip6};
+
+/// The #[test] that runs the in-VM body.
+const IN_VM_TEST: &str = "in_vm_suite";
+const DUMMY: &str = "kube-ipvs0";
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every in-VM check, in order.
+const CHECKS: &[(&str, fn())] = &[
+    (
+        "masq_real_servers_carry_traffic_drain_and_go",
+        masq_real_servers_carry_traffic_drain_and_go,
+    ),
+    (
+        "services_we_add_are_what_ipvsadm_lists",
+        services_we_add_are_what_ipvsadm_lists,
+    ),
+    (
+        "foreign_virtual_server_is_listed_and_left_alone",
+        foreign_virtual_server_is_listed_and_left_alone,
+    ),
+    ("timeouts_are_read_and_set", timeouts_are_read_and_set),
+    (
+        "dummy_interface_holds_addresses_and_stays_down",
+        dummy_interface_holds_addresses_and_stays_down,
+    ),
+];
+
+#[test]
+fn in_vm_suite() {
+    if !vm::in_vm() {
+        return;
+    }
+    let failed: Vec<&str> = CHECKS
+        .iter()
+        .filter(|(name, f)| !vm::check(name, *f))
+        .map(|(name, _)| *name)
+        .collect();
+    assert!(failed.is_empty(), "failed in the VM: {failed:?}");
+}
+
+fn expect(name: &str) {
+    if !vm::in_vm() {
+        vm::expect_check(IN_VM_TEST, name);
+    }
+}
+
+// --- host side: one test per check -----------------------------------------
+
+#[test]
+fn ipvs_client_masq_real_servers_carry_traffic_drain_and_go() {
+    expect("masq_real_servers_carry_traffic_drain_and_go");
+}
+
+#[test]
+fn ipvs_client_services_are_what_ipvsadm_lists() {
+    expect("services_we_add_are_what_ipvsadm_lists");
+}
+
+#[test]
+fn ipvs_client_lists_a_foreign_virtual_server_and_leaves_it_alone() {
+    expect("foreign_virtual_server_is_listed_and_left_alone");
+}
+
+#[test]
+fn ipvs_client_reads_and_sets_timeouts() {
+    expect("timeouts_are_read_and_set");
+}
+
+#[test]
+fn rtnetlink_dummy_interface_holds_addresses_and_stays_down() {
+    expect("dummy_interface_holds_addresses_and_stays_down");
+}
+
+// --- in the VM ---------------------------------------------------------------
+
+/// kproxy's clients, opened inside `ns` (netlink sockets belong to the
+/// namespace they were opened in).
+fn clients(ns: &Netns) -> (NetlinkIpvs, RtnlLinks) {
+    ns.run_in(|| {
+        (
+            NetlinkIpvs::open().expect("open IPVS genl"),
+            RtnlLinks::open().expect("open rtnetlink"),
+        )
+    })
+}
+
+fn tcp(addr: IpAddr, port: u16) -> ServiceKey {
+    ServiceKey::Addr {
+        protocol: Protocol::Tcp,
+        addr,
+        port,
+    }
+}
+
+fn ipvsadm_save(ns: &Netns) -> String {
+    ns.exec_ok(&["ipvsadm", "-S", "-n"])
+}
+
+/// A VIP on kube-ipvs0 in the node, TCP and UDP virtual servers with two
+/// masquerading real servers (the pods): traffic from the outside client
+/// reaches both; weight 0 takes one out of new scheduling; deleting the
+/// virtual servers makes the VIP stop answering.
+fn masq_real_servers_carry_traffic_drain_and_go() {
+    let topo = Topology::builder().pods(2).build();
+    topo.start_servers(8080, 8080);
+    let node = topo.node();
+    let client = topo.client();
+    let (ipvs, links) = clients(node);
+    links.ensure_dummy(DUMMY).expect("kube-ipvs0");
+    let vip = IpAddr::V4(vip4(1));
+    links.add_address(DUMMY, vip).expect("VIP on kube-ipvs0");
+    let addr = SocketAddr::new(vip, 80);
+
+    // The packet test can fail: with no virtual server nothing listens on the VIP.
+    let before = client.tally_tcp(addr, 2, TIMEOUT);
+    assert!(
+        !before.contains_key("pod0") && !before.contains_key("pod1"),
+        "{before:?}"
+    );
+
+    let keys = [
+        tcp(vip, 80),
+        ServiceKey::Addr {
+            protocol: Protocol::Udp,
+            addr: vip,
+            port: 80,
+        },
+    ];
+    let pods: Vec<IpAddr> = (0..2).map(|i| IpAddr::V4(topo.pod_ip(i))).collect();
+    for key in &keys {
+        ipvs.add_service(&VirtualServer::new(*key, "rr")).expect("add service");
+        for pod in &pods {
+            ipvs.add_destination(key, &RealServer::masq(*pod, 8080, 1))
+                .expect("add real server");
+        }
+    }
+    let listed = ipvs.destinations(&keys[0]).expect("list real servers");
+    let mut got: Vec<RealServer> = listed.into_iter().map(|d| d.server).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        pods.iter().map(|p| RealServer::masq(*p, 8080, 1)).collect::<Vec<_>>()
+    );
+
+    let tally = client.tally_tcp(addr, 8, TIMEOUT);
+    assert_eq!(
+        (tally.get("pod0"), tally.get("pod1")),
+        (Some(&4), Some(&4)),
+        "rr over both: {tally:?}"
+    );
+    let udp = client.tally_udp(addr, 4, TIMEOUT);
+    assert_eq!(
+        (udp.get("pod0"), udp.get("pod1")),
+        (Some(&2), Some(&2)),
+        "udp rr over both: {udp:?}"
+    );
+    let conns: u32 = ipvs
+        .destinations(&keys[0])
+        .expect("list")
+        .iter()
+        .map(|d| d.active_conns + d.inactive_conns)
+        .sum();
+    assert!(conns >= 8, "the kernel counted the connections: {conns}");
+
+    // Drain pod1: weight 0, as graceful termination does.
+    ipvs.update_destination(&keys[0], &RealServer::masq(pods[1], 8080, 0))
+        .expect("weight 0");
+    assert!(ipvsadm_save(node).contains(&format!("-a -t {addr} -r {}:8080 -m -w 0", pods[1])));
+    let drained = client.tally_tcp(addr, 6, TIMEOUT);
+    assert_eq!(
+        drained.get("pod0"),
+        Some(&6),
+        "only pod0 gets new connections: {drained:?}"
+    );
+
+    for pod in &pods {
+        ipvs.delete_destination(&keys[0], *pod, 8080)
+            .expect("delete real server");
+    }
+    assert!(ipvs.destinations(&keys[0]).expect("list").is_empty());
+    for key in &keys {
+        ipvs.delete_service(key).expect("delete service");
+    }
+    assert_eq!(ipvsadm_save(node).trim(), "", "nothing left");
+    let after = client.tally_tcp(addr, 2, TIMEOUT);
+    assert!(!after.contains_key("pod0") && !after.contains_key("pod1"), "{after:?}");
+}
+
+/// What kproxy's client sends is what ipvsadm reads back from the kernel:
+/// scheduler, persistence with its timeout, IPv6, fwmark, edits.
+fn services_we_add_are_what_ipvsadm_lists() {
+    let node = Netns::new("node").expect("netns");
+    let (ipvs, _) = clients(&node);
+    let v4 = tcp(IpAddr::V4(vip4(2)), 443);
+    let v6 = ServiceKey::Addr {
+        protocol: Protocol::Udp,
+        addr: IpAddr::V6(vip6(2)),
+        port: 53,
+    };
+    let mark = ServiceKey::Fwmark { ipv6: false, mark: 7 };
+    ipvs.add_service(&VirtualServer::new(v4, "sh").persistent(10800))
+        .expect("v4");
+    ipvs.add_service(&VirtualServer::new(v6, "mh")).expect("v6");
+    ipvs.add_service(&VirtualServer::new(mark, "wrr")).expect("fwmark");
+    ipvs.add_destination(&v6, &RealServer::masq("fd00:1::10".parse().expect("ip"), 5353, 3))
+        .expect("v6 real server");
+    let save = ipvsadm_save(&node);
+    for line in [
+        "-A -t 198.19.0.2:443 -s sh -p 10800",
+        "-A -u [fd00:96::2]:53 -s mh",
+        "-a -u [fd00:96::2]:53 -r [fd00:1::10]:5353 -m -w 3",
+        "-A -f 7 -s wrr",
+    ] {
+        assert!(save.lines().any(|l| l.trim() == line), "missing `{line}` in:\n{save}");
+    }
+    let mut listed = ipvs.services().expect("list");
+    listed.sort_by_key(|s| s.key);
+    let mut want = vec![
+        VirtualServer::new(v4, "sh").persistent(10800),
+        VirtualServer::new(v6, "mh"),
+        VirtualServer::new(mark, "wrr"),
+    ];
+    want.sort_by_key(|s| s.key);
+    assert_eq!(listed, want);
+
+    // Edit: another scheduler, persistence off.
+    ipvs.update_service(&VirtualServer::new(v4, "rr")).expect("edit");
+    let save = ipvsadm_save(&node);
+    assert!(save.lines().any(|l| l.trim() == "-A -t 198.19.0.2:443 -s rr"), "{save}");
+
+    // A second add of the same service is refused with EEXIST, named.
+    let err = ipvs.add_service(&VirtualServer::new(v4, "rr")).expect_err("duplicate");
+    assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+    assert!(err.to_string().contains("TCP 198.19.0.2:443"), "{err}");
+    for key in [v4, v6, mark] {
+        ipvs.delete_service(&key).expect("delete");
+    }
+}
+
+/// Someone else's virtual server (keepalived, another balancer) is listed
+/// by the client and stays exactly as it was while kproxy adds and deletes
+/// its own.
+fn foreign_virtual_server_is_listed_and_left_alone() {
+    let node = Netns::new("node").expect("netns");
+    node.exec_ok(&["ipvsadm", "-A", "-t", "198.18.9.9:443", "-s", "wrr"]);
+    node.exec_ok(&[
+        "ipvsadm",
+        "-a",
+        "-t",
+        "198.18.9.9:443",
+        "-r",
+        "198.18.9.10:8443",
+        "-m",
+        "-w",
+        "2",
+    ]);
+    let foreign_before = ipvsadm_save(&node);
+    let (ipvs, _) = clients(&node);
+    let foreign = tcp("198.18.9.9".parse().expect("ip"), 443);
+    let listed = ipvs.services().expect("list");
+    assert_eq!(listed, vec![VirtualServer::new(foreign, "wrr")]);
+    let dests = ipvs.destinations(&foreign).expect("list real servers");
+    assert_eq!(dests.len(), 1);
+    assert_eq!(
+        dests[0].server,
+        RealServer::masq("198.18.9.10".parse().expect("ip"), 8443, 2)
+    );
+
+    let ours = tcp(IpAddr::V4(vip4(3)), 80);
+    ipvs.add_service(&VirtualServer::new(ours, "rr")).expect("add ours");
+    ipvs.add_destination(&ours, &RealServer::masq("198.18.1.10".parse().expect("ip"), 80, 1))
+        .expect("ours real server");
+    ipvs.delete_service(&ours).expect("delete ours");
+    assert_eq!(
+        ipvsadm_save(&node),
+        foreign_before,
+        "the foreign virtual server is untouched"
+    );
+}
+
+fn timeouts_are_read_and_set() {
+    let node = Netns::new("node").expect("netns");
+    let (ipvs, _) = clients(&node);
+    let want = Timeouts {
+        tcp: 900,
+        tcp_fin: 120,
+        udp: 300,
+    };
+    ipvs.set_timeouts(&want).expect("set");
+    assert_eq!(ipvs.timeouts().expect("get"), want);
+    let shown = node.exec_ok(&["ipvsadm", "-L", "--timeout"]);
+    assert!(shown.contains("900 120 300"), "{shown}");
+    // 0 leaves a value as it is.
+    ipvs.set_timeouts(&Timeouts {
+        tcp: 0,
+        tcp_fin: 30,
+        udp: 0,
+    })
+    .expect("set one");
+    assert_eq!(ipvs.timeouts().expect("get"), Timeouts { tcp_fin: 30, ..want });
+}
+
+fn dummy_interface_holds_addresses_and_stays_down() {
+    let node = Netns::new("node").expect("netns");
+    let (_, links) = clients(&node);
+    assert!(links.ensure_dummy(DUMMY).expect("create"));
+    assert!(!links.ensure_dummy(DUMMY).expect("exists"), "second ensure is a no-op");
+    let link = node.exec_ok(&["ip", "-d", "-o", "link", "show", DUMMY]);
+    assert!(link.contains("dummy") && !link.contains(",UP"), "down dummy: {link}");
+    let a4 = IpAddr::V4(vip4(4));
+    let a6 = IpAddr::V6(vip6(4));
+    for a in [a4, a6, a4] {
+        links.add_address(DUMMY, a).expect("add");
+    }
+    let mut got = links.addresses(DUMMY).expect("list");
+    got.sort();
+    assert_eq!(got, vec![a4, a6]);
+    let shown = node.exec_ok(&["ip", "-o", "addr", "show", "dev", DUMMY]);
+    assert!(
+        shown.contains("198.19.0.4/32") && shown.contains("fd00:96::4/128"),
+        "{shown}"
+    );
+    // The node accepts packets for an address on the down interface.
+    let local = node.exec_ok(&["ip", "route", "show", "table", "local", "dev", DUMMY]);
+    assert!(local.contains("198.19.0.4"), "local route: {local}");
+    links.delete_address(DUMMY, a4).expect("delete");
+    links.delete_address(DUMMY, a4).expect("delete again is fine");
+    assert_eq!(links.addresses(DUMMY).expect("list"), vec![a6]);
+    assert!(links.delete_link(DUMMY).expect("delete link"));
+    assert!(!links.delete_link(DUMMY).expect("gone"));
+    assert!(links.addresses(DUMMY).is_err(), "no interface, no addresses");
+}
