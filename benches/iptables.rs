@@ -79,7 +79,7 @@ fn bench_render(c: &mut Criterion, sizes: &[usize]) {
     group.sample_size(10);
     for &n in sizes {
         let desired = cluster(n).desired();
-        let opts = settings().render_opts(IpFamily::V4, &desired.node, &[]);
+        let opts = settings().render_opts(IpFamily::V4, &desired.node, &[], true);
         group.bench_with_input(BenchmarkId::from_parameter(n), &desired, |b, d| {
             b.iter(|| black_box(render::render_full(d, &opts)))
         });
@@ -170,7 +170,7 @@ fn measure(variant: Variant, n: usize) -> Row {
     // The same rules as one input (jumps from the built-in chains included,
     // since they make the kernel validate every reachable chain on each
     // commit), loaded the fastest way: empty namespace, table flushed.
-    let opts = settings().render_opts(IpFamily::V4, &desired.node, &[]);
+    let opts = settings().render_opts(IpFamily::V4, &desired.node, &[], true);
     let text = full_text_with_jumps(&desired, &opts);
     let raw_ns = Ns::new(&format!("{n}-raw"));
     let raw_full = raw_ns.restore(&tool, false, &text);

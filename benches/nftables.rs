@@ -49,6 +49,8 @@ fn settings() -> Settings {
         masquerade_all: false,
         cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
         nodeport_addresses: NodePortAddresses::All,
+        localhost_nodeports: false,
+        conntrack_liberal: false,
     }
 }
 
@@ -100,7 +102,7 @@ fn bench_render(c: &mut Criterion, sizes: &[usize]) {
     group.sample_size(10);
     for &n in sizes {
         let desired = cluster(n).desired();
-        let opts = settings().render_opts(IpFamily::V4, &desired.node, &[]);
+        let opts = settings().render_opts(IpFamily::V4, &desired.node, &[], false);
         group.bench_with_input(BenchmarkId::from_parameter(n), &desired, |b, d| {
             b.iter(|| black_box(render::render_full(d, &opts)))
         });

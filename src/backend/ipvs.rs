@@ -44,7 +44,7 @@ impl Backend for IpvsBackend {
     }
 
     fn render(&self, desired: &DesiredState) -> String {
-        super::table::render_table(desired)
+        super::table::render_table(desired, &super::bare_plan_context)
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {

@@ -24,12 +24,15 @@ pub mod iptables;
 pub mod ipvs;
 pub mod nftables;
 pub mod recording;
+pub mod settings;
 pub mod table;
 
 use crate::config::ProxyMode;
-use crate::model::{ChangeSet, DesiredState};
+use crate::model::{ChangeSet, DesiredState, IpFamily};
+use crate::sys::RunError;
 
 pub use recording::{Recorded, RecordingBackend};
+pub use settings::{NodePortTargets, RenderOpts, Settings, error_context, family_addresses};
 
 /// Whether a sync rewrites everything or only what changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,26 +73,76 @@ pub struct FamilyStats {
     pub no_local_external: usize,
 }
 
-/// Why a sync or cleanup failed.
+/// Why a sync or cleanup failed. Each variant names the IP family it is
+/// about when there is one (None: the failure is not about one family, e.g.
+/// one nftables transaction for both), and keeps its cause as the error
+/// source.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The kernel (or the loader tool) refused the rules; nothing was changed.
-    #[error("{tool} failed: {message}")]
+    #[error("{tool} refused the {} rules", family_name(*.family))]
     Apply {
+        family: Option<IpFamily>,
         tool: String,
-        message: String,
+        #[source]
+        source: ToolFailure,
         /// The offending input lines with some context, when known.
         context: Option<String>,
     },
     /// A tool could not be run at all.
-    #[error("cannot run {tool}: {message}")]
-    Exec { tool: String, message: String },
+    #[error("cannot run {tool} for the {} rules", family_name(*.family))]
+    Exec {
+        family: Option<IpFamily>,
+        tool: String,
+        #[source]
+        source: RunError,
+    },
     /// The mode is not available in this build or on this kernel.
     #[error("proxy mode {0} is not available: {1}")]
     Unavailable(ProxyMode, String),
+    /// The sync task itself failed (it panicked).
+    #[error("sync task failed: {0}")]
+    Task(String),
     /// A fault injected by a test backend.
     #[error("injected failure: {0}")]
     Injected(String),
+}
+
+/// A tool that ran and exited non-zero.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("exit status {status}: {stderr}")]
+pub struct ToolFailure {
+    pub status: i32,
+    /// Its standard error, trimmed.
+    pub stderr: String,
+}
+
+fn family_name(family: Option<IpFamily>) -> &'static str {
+    family.map_or("IPv4 and IPv6", IpFamily::as_str)
+}
+
+// === impl BackendError ===
+
+impl BackendError {
+    /// The family the failure is about, when it is about one.
+    pub fn family(&self) -> Option<IpFamily> {
+        match self {
+            BackendError::Apply { family, .. } | BackendError::Exec { family, .. } => *family,
+            _ => None,
+        }
+    }
+
+    /// The message with every source in the chain: `a: b: c`.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cur: Option<&dyn std::error::Error> = std::error::Error::source(self);
+        while let Some(e) = cur {
+            out.push_str(": ");
+            out.push_str(&e.to_string());
+            cur = e.source();
+        }
+        out
+    }
 }
 
 /// A datapath.
@@ -143,11 +196,11 @@ pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box
 
 fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {
     // The kernel version (delayed deletion of stale chains) is read at the first sync.
-    nftables::NftablesBackend::new(sys, nftables::Settings::from_config(cfg), None)
+    nftables::NftablesBackend::new(sys, Settings::from_config(cfg), None)
 }
 
 fn iptables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> iptables::IptablesBackend {
-    let mut settings = iptables::Settings::from_config(cfg);
+    let mut settings = Settings::from_config(cfg);
     // kube-proxy skips the INVALID drop when the kernel is already liberal.
     if sys
         .sysctl
@@ -168,51 +221,51 @@ pub(crate) fn hash_rules(rules: &[String]) -> u64 {
     h.finish()
 }
 
-/// The addresses one IP family's rules are built from, shared by the
-/// iptables and nftables backends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FamilyAddresses {
-    /// The node's addresses of this family.
-    pub node_ips: Vec<std::net::IpAddr>,
-    /// Where NodePorts are accepted: None means every local address.
-    pub nodeport_ips: Option<Vec<std::net::IpAddr>>,
-    /// Cluster (pod) CIDRs of this family.
-    pub local_cidrs: Vec<ipnet::IpNet>,
+/// The node's interface addresses, read only when `--nodeport-addresses`
+/// names CIDRs (the only case the rules need them).
+pub(crate) fn local_addresses(settings: &Settings, sys: &crate::sys::Sys) -> Vec<std::net::IpAddr> {
+    if settings.needs_local_addresses() {
+        crate::sys::interface_addresses(sys.runner.as_ref())
+    } else {
+        Vec::new()
+    }
 }
 
-/// Resolves `--nodeport-addresses`, the node's IPs and `--cluster-cidr`
-/// for `family`. `loopback` false leaves loopback addresses out (nftables
-/// mode has no localhost NodePorts).
-pub fn family_addresses(
-    family: crate::model::IpFamily,
-    node: &crate::model::NodeInfo,
-    cluster_cidrs: &[ipnet::IpNet],
-    nodeport_addresses: &crate::config::NodePortAddresses,
-    local_addrs: &[std::net::IpAddr],
-    loopback: bool,
-) -> FamilyAddresses {
-    use crate::config::NodePortAddresses;
-    use crate::model::IpFamily;
-    let wanted = |ip: &std::net::IpAddr| IpFamily::of(ip) == family && (loopback || !ip.is_loopback());
-    let node_ips: Vec<std::net::IpAddr> = node.addresses.iter().copied().filter(wanted).collect();
-    let nodeport_ips = match nodeport_addresses {
-        NodePortAddresses::All => None,
-        NodePortAddresses::Primary => Some(node_ips.clone()),
-        NodePortAddresses::Cidrs(nets) => Some(
-            local_addrs
-                .iter()
-                .copied()
-                .filter(|ip| wanted(ip) && nets.iter().any(|n| n.contains(ip)))
-                .collect(),
-        ),
-    };
-    FamilyAddresses {
-        node_ips,
-        nodeport_ips,
-        local_cidrs: cluster_cidrs
-            .iter()
-            .copied()
-            .filter(|n| IpFamily::of_net(n) == family)
-            .collect(),
+/// How kube-proxy's `mode` scopes the source-range firewall (the one plan
+/// parameter the modes differ in; see [`crate::model::FirewallScope`]).
+pub fn firewall_scope(mode: ProxyMode) -> crate::model::FirewallScope {
+    match mode {
+        ProxyMode::Nftables => crate::model::FirewallScope::Always,
+        _ => crate::model::FirewallScope::WithEndpoints,
     }
+}
+
+/// The policy plan's view of `node` for `family` in `mode`, from the
+/// configuration (what `render --format table` and later modes plan with).
+pub fn plan_context(
+    settings: &Settings,
+    mode: ProxyMode,
+    family: IpFamily,
+    node: &crate::model::NodeInfo,
+) -> crate::model::PlanContext {
+    settings
+        .render_opts(family, node, &[], mode == ProxyMode::Iptables)
+        .plan_context(firewall_scope(mode))
+}
+
+/// A plan context with no node or configuration knowledge (no cluster
+/// CIDRs, no node IPs), for backends that only print the service map.
+pub fn bare_plan_context(family: IpFamily) -> crate::model::PlanContext {
+    crate::model::PlanContext {
+        family,
+        ..Default::default()
+    }
+}
+
+/// The families a full render prints: IPv4 always (its static rules exist
+/// even without services), IPv6 when a service port has an IPv6 address.
+pub(crate) fn rendered_families(desired: &DesiredState) -> impl Iterator<Item = IpFamily> + '_ {
+    IpFamily::ALL
+        .into_iter()
+        .filter(|f| *f == IpFamily::V4 || desired.ports_of(*f).next().is_some())
 }

@@ -1,12 +1,16 @@
-//! A readable table of the service map: for each service port, its VIPs and
-//! the endpoints selected for each traffic policy. Pure.
+//! A readable table of the service map: for each service port, its VIPs,
+//! the endpoints selected for each traffic policy, and what the policy plan
+//! does with internal and external traffic. Pure.
 
 use std::fmt::Write;
 
-use crate::model::{DesiredState, Endpoint, IpFamily, ServicePortState, SessionAffinity, TrafficPolicy};
+use crate::model::{
+    DesiredState, Endpoint, IpFamily, PlanContext, PortPlan, Refusal, Route, ServicePortState, SessionAffinity,
+};
 
-/// Renders the desired state as a table, one block per service port.
-pub fn render_table(desired: &DesiredState) -> String {
+/// Renders the desired state as a table, one block per service port;
+/// `context` gives the plan's view of the node per family.
+pub fn render_table(desired: &DesiredState, context: &dyn Fn(IpFamily) -> PlanContext) -> String {
     let mut out = String::new();
     let zone = desired.node.zone.as_deref().unwrap_or("-");
     let addrs: Vec<String> = desired.node.addresses.iter().map(ToString::to_string).collect();
@@ -25,13 +29,14 @@ pub fn render_table(desired: &DesiredState) -> String {
         }
     );
     let _ = writeln!(out, "# {} service ports", desired.ports.len());
+    let contexts = IpFamily::ALL.map(context);
     for state in desired.ports.values() {
-        render_port(&mut out, state);
+        render_port(&mut out, state, &contexts);
     }
     out
 }
 
-fn render_port(out: &mut String, s: &ServicePortState) {
+fn render_port(out: &mut String, s: &ServicePortState, contexts: &[PlanContext; 2]) {
     let p = &s.port;
     let _ = writeln!(out);
     let _ = writeln!(out, "{} {}/{}", p.name, p.port, p.name.protocol.as_lower());
@@ -63,28 +68,40 @@ fn render_port(out: &mut String, s: &ServicePortState) {
     if p.health_check_node_port != 0 {
         let _ = writeln!(out, "  health check:   {}", p.health_check_node_port);
     }
-    for family in IpFamily::ALL {
+    for ctx in contexts {
+        let family = ctx.family;
         if !p.has_family(family) {
             continue;
         }
         let f = s.family(family);
-        let sel = &f.selection;
+        let plan = PortPlan::new(s, ctx);
         let _ = writeln!(out, "  {family} endpoints: {}", list(&f.endpoints, true));
         if p.uses_cluster_endpoints() {
-            let _ = writeln!(out, "    cluster:      {}", list(&sel.cluster, false));
+            let _ = writeln!(out, "    cluster:      {}", list(plan.cluster, false));
         }
         if p.uses_local_endpoints() {
-            let _ = writeln!(out, "    local:        {}", list(&sel.local, false));
+            let _ = writeln!(out, "    local:        {}", list(plan.local, false));
         }
-        let verdict = match (sel.reachable.is_empty(), sel.has_any) {
-            (false, _) => "forward",
-            (true, true) => "drop (no local endpoints)",
-            (true, false) => "reject (no endpoints)",
-        };
-        let _ = writeln!(out, "    action:       {verdict}");
-        if p.internal_policy == TrafficPolicy::Local && sel.local.is_empty() && sel.has_any {
-            let _ = writeln!(out, "    note:         internal traffic dropped: no local endpoints");
+        let _ = writeln!(out, "    internal:     {}", route(plan.internal));
+        if plan.is_external() {
+            let _ = writeln!(out, "    external:     {}", route(plan.external));
         }
+        if let Some(fw) = &plan.firewall {
+            let mut admitted: Vec<String> = fw.source_ranges.iter().map(ToString::to_string).collect();
+            admitted.extend(fw.node_allowance.iter().map(ToString::to_string));
+            let _ = writeln!(out, "    firewall:     LB traffic admitted from {}", admitted.join(","));
+        }
+    }
+}
+
+/// What a route does, for people.
+fn route(r: Route) -> String {
+    match (r, r.refusal()) {
+        (Route::Cluster, _) => "forward to cluster endpoints".to_string(),
+        (Route::Local, _) => "forward to local endpoints".to_string(),
+        (_, Some(Refusal::Drop)) => format!("drop ({})", Refusal::Drop.reason()),
+        (_, Some(Refusal::Reject)) => format!("reject ({})", Refusal::Reject.reason()),
+        (_, None) => String::new(),
     }
 }
 

@@ -34,14 +34,16 @@ pub async fn run(args: &RenderArgs, cfg: &Config, out: &mut dyn Write) -> anyhow
         })
         .unwrap_or_default();
     let desired = build_desired(&objects, &node_name, &node_ips);
+    let settings = backend::Settings::from_config(cfg);
+    let context = |family| backend::plan_context(&settings, cfg.mode, family, &desired.node);
     let text = match (args.format, backend::renderer(cfg)) {
         (RenderFormat::Rules, Some(b)) => b.render(&desired),
         (RenderFormat::Rules, None) => format!(
             "# proxy mode {} has no rule renderer yet; this is the service map it would program\n{}",
             cfg.mode,
-            backend::table::render_table(&desired)
+            backend::table::render_table(&desired, &context)
         ),
-        (RenderFormat::Table, _) => backend::table::render_table(&desired),
+        (RenderFormat::Table, _) => backend::table::render_table(&desired, &context),
     };
     out.write_all(text.as_bytes())?;
     Ok(())

@@ -45,7 +45,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     );
     let driver = Driver::new(model, backend)
         .with_conntrack(Cleaner::new(Sys::real()))
-        .with_metrics(metrics.clone())
+        .with_observer(Arc::new(metrics.clone()))
         .with_trigger(trigger.clone());
 
     // kube-proxy's health timeout: two sync periods.

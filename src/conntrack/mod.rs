@@ -28,7 +28,7 @@ use std::net::IpAddr;
 
 use tracing::{debug, warn};
 
-use crate::model::{ChangeSet, IpFamily, Protocol, ServicePortState};
+use crate::model::{ChangeSet, IpFamily, PlanContext, PortPlan, Protocol, ServicePortState};
 use crate::sys::Sys;
 
 /// One set of conntrack entries to delete.
@@ -85,7 +85,18 @@ impl Programmed {
         };
         Self {
             vips: s.port.vips(family).into_iter().map(|v| v.ip()).collect(),
-            endpoints: s.family(family).selection.reachable.iter().map(|e| e.ip).collect(),
+            // What the plan forwards to (the same for every mode).
+            endpoints: PortPlan::new(
+                s,
+                &PlanContext {
+                    family,
+                    ..PlanContext::default()
+                },
+            )
+            .reachable
+            .iter()
+            .map(|e| e.ip)
+            .collect(),
             node_port: s.port.node_port,
         }
     }
@@ -147,16 +158,28 @@ pub fn stale_flows(changes: &ChangeSet) -> Vec<StaleFlow> {
 // === impl StaleFlow ===
 
 impl StaleFlow {
+    /// The IP family of the entries.
+    pub fn family(&self) -> IpFamily {
+        match self {
+            StaleFlow::VipToEndpoint { vip, .. } | StaleFlow::Vip { vip, .. } => IpFamily::of(vip),
+            StaleFlow::NodePortToEndpoint { endpoint, .. } => IpFamily::of(endpoint),
+            StaleFlow::NodePort { family, .. } => *family,
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self {
+            StaleFlow::VipToEndpoint { protocol, .. }
+            | StaleFlow::Vip { protocol, .. }
+            | StaleFlow::NodePortToEndpoint { protocol, .. }
+            | StaleFlow::NodePort { protocol, .. } => *protocol,
+        }
+    }
+
     /// `conntrack -D` arguments for this flow.
     pub fn args(&self) -> Vec<String> {
-        let (protocol, family) = match self {
-            StaleFlow::VipToEndpoint { protocol, vip, .. } | StaleFlow::Vip { protocol, vip } => {
-                (protocol, IpFamily::of(vip))
-            }
-            StaleFlow::NodePortToEndpoint { protocol, endpoint, .. } => (protocol, IpFamily::of(endpoint)),
-            StaleFlow::NodePort { protocol, family, .. } => (protocol, *family),
-        };
-        let family = match family {
+        let protocol = self.protocol();
+        let family = match self.family() {
             IpFamily::V4 => "ipv4",
             IpFamily::V6 => "ipv6",
         };

@@ -7,7 +7,7 @@
 //! bound is logged and retried on the next update and every few seconds;
 //! it is never fatal.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,16 +21,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::{ProxyHealth, http};
-use crate::model::{DesiredState, IpFamily, ServiceName};
-
-/// One health-check port and what it reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthCheckPort {
-    pub port: u16,
-    pub service: ServiceName,
-    /// Ready endpoints of the service on this node.
-    pub local_endpoints: usize,
-}
+pub use crate::model::HealthCheckPort;
+use crate::model::ServiceName;
 
 /// Binds health-check ports; injected so tests can use loopback.
 pub trait PortBinder: Send + Sync + 'static {
@@ -56,32 +48,6 @@ impl PortBinder for OnAddress {
     fn bind(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
         std::net::TcpListener::bind((self.0, port))
     }
-}
-
-/// The health-check ports the desired state asks for.
-pub fn health_check_ports(desired: &DesiredState) -> Vec<HealthCheckPort> {
-    let mut by_port: BTreeMap<u16, (ServiceName, BTreeSet<IpAddr>)> = BTreeMap::new();
-    for state in desired.ports.values() {
-        let port = state.port.health_check_node_port;
-        if port == 0 {
-            continue;
-        }
-        let entry = by_port
-            .entry(port)
-            .or_insert_with(|| (state.port.name.service.clone(), BTreeSet::new()));
-        for family in IpFamily::ALL {
-            let local = state.family(family).endpoints.iter().filter(|e| e.is_local && e.ready);
-            entry.1.extend(local.map(|e| e.ip));
-        }
-    }
-    by_port
-        .into_iter()
-        .map(|(port, (service, eps))| HealthCheckPort {
-            port,
-            service,
-            local_endpoints: eps.len(),
-        })
-        .collect()
 }
 
 /// Keeps one HTTP server per health-check port.

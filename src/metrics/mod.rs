@@ -411,6 +411,27 @@ impl Metrics {
     }
 }
 
+impl crate::sync::SyncObserver for Metrics {
+    fn pending(&self, services: usize, endpoints: usize) {
+        Metrics::pending(self, services, endpoints);
+    }
+    fn sync_done(&self, kind: SyncKind, stats: &SyncStats, elapsed: Duration, now_unix: f64) {
+        Metrics::sync_done(self, kind, stats, elapsed, now_unix);
+    }
+    fn sync_failed(&self, kind: SyncKind, family: IpFamily) {
+        Metrics::sync_failed(self, kind, family);
+    }
+    fn changes_synced(&self, services: usize, endpoints: usize) {
+        Metrics::changes_synced(self, services, endpoints);
+    }
+    fn network_programming(&self, family: IpFamily, seconds: f64) {
+        Metrics::network_programming(self, family, seconds);
+    }
+    fn conntrack(&self, family: IpFamily, took: Duration, deleted: usize) {
+        Metrics::conntrack(self, family, took, deleted);
+    }
+}
+
 impl crate::watch::WatchObserver for Metrics {
     fn object_problem(&self, kind: &'static str) {
         self.object_error(kind);

@@ -16,6 +16,8 @@
 //!   `EndpointSliceCache`).
 //! - [`selection`]: which endpoints each traffic class uses (kube-proxy's
 //!   `CategorizeEndpoints`).
+//! - [`plan`]: per service port and family, every policy decision a
+//!   datapath makes (routes, drop/reject, affinity, firewall, masquerade).
 //! - [`node`]: the proxy's own Node.
 //! - [`tracker`]: the index of objects, the desired state, and change
 //!   tracking with acknowledgement.
@@ -26,6 +28,7 @@
 pub mod builders;
 pub mod endpoints;
 pub mod node;
+pub mod plan;
 pub mod selection;
 pub mod service;
 pub mod synth;
@@ -37,6 +40,10 @@ mod tests;
 
 pub use endpoints::{SERVICE_NAME_LABEL, ServiceEndpoints, SliceInfo, SliceSkip, merge_slices, slice_service};
 pub use node::NodeInfo;
+pub use plan::{
+    ClusterIpMasquerade, Firewall, FirewallScope, HealthCheckPort, Masquerade, NoLocal, Part, PlanContext, PortPlan,
+    Refusal, Route, health_check_ports,
+};
 pub use selection::{EndpointSelection, SelectionOptions, select_endpoints};
 pub use service::{ServiceSkip, service_name, service_ports};
 pub use tracker::{

@@ -72,8 +72,9 @@ pub struct ChangeSet {
     /// Set when the node's information changed (generation, for `ack`).
     node_generation: Option<u64>,
     /// Trigger times of the endpoint changes covered (see
-    /// [`TRIGGER_TIME_ANNOTATION`]), for the network-programming latency.
-    pub trigger_times: Vec<String>,
+    /// [`TRIGGER_TIME_ANNOTATION`]) with the family of the slice that
+    /// carried them, for the network-programming latency.
+    pub trigger_times: Vec<(IpFamily, String)>,
 }
 
 /// What is pending for one service.
@@ -83,8 +84,9 @@ struct Dirty {
     service: bool,
     endpoints: bool,
     /// `endpoints.kubernetes.io/last-change-trigger-time` values of the
-    /// slice changes behind this entry (RFC 3339, parsed by the caller).
-    triggers: Vec<String>,
+    /// slice changes behind this entry (RFC 3339, parsed by the caller),
+    /// with the slice's address family.
+    triggers: Vec<(IpFamily, String)>,
 }
 
 /// The EndpointSlice annotation kube-proxy measures programming latency from.
@@ -255,15 +257,21 @@ impl Model {
                 entry.insert(key.1.clone(), info);
                 self.slice_owner.insert(key, owner.clone());
                 self.recompute(&owner, false, true);
+                let family = if slice.address_type == "IPv6" {
+                    IpFamily::V6
+                } else {
+                    IpFamily::V4
+                };
                 let trigger = slice
                     .metadata
                     .annotations
                     .as_ref()
-                    .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION));
+                    .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+                    .map(|t| (family, t.clone()));
                 if let (Some(d), Some(t)) = (self.dirty.get_mut(&owner), trigger)
-                    && !d.triggers.contains(t)
+                    && !d.triggers.contains(&t)
                 {
-                    d.triggers.push(t.clone());
+                    d.triggers.push(t);
                 }
             }
             (Some(key), Err(skip)) => {

@@ -11,19 +11,15 @@
 //! backend works, so watchers keep feeding the model during a slow sync.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info};
 
-use std::time::SystemTime;
-
 use crate::backend::{Backend, BackendError, SyncKind, SyncStats};
 use crate::conntrack::{Cleaner, stale_flows};
-use crate::health::service::{HealthCheckPort, health_check_ports};
-use crate::metrics::Metrics;
-use crate::model::Model;
-use crate::model::{ChangeSet, DesiredState, IpFamily};
+use crate::model::{ChangeSet, DesiredState, HealthCheckPort, IpFamily, Model, health_check_ports};
 use crate::sync::Trigger;
 
 /// A shared model, locked briefly by watchers and the driver.
@@ -46,6 +42,31 @@ pub struct SyncStatus {
     pub node_draining: bool,
 }
 
+/// Hooks for what the driver observes; metrics are wired in here, through
+/// the same kind of seam as the watch's `WatchObserver`. Every method
+/// defaults to doing nothing.
+pub trait SyncObserver: Send + Sync + 'static {
+    /// Changes waiting for a sync now (services, endpoints).
+    fn pending(&self, _services: usize, _endpoints: usize) {}
+    /// A sync succeeded; `elapsed` is its whole duration.
+    fn sync_done(&self, _kind: SyncKind, _stats: &SyncStats, _elapsed: Duration, _now_unix: f64) {}
+    /// A sync failed, for `family`'s rules.
+    fn sync_failed(&self, _kind: SyncKind, _family: IpFamily) {}
+    /// Changes that reached the kernel (services, endpoints).
+    fn changes_synced(&self, _services: usize, _endpoints: usize) {}
+    /// An EndpointSlice change of `family` was programmed `seconds` after it
+    /// was triggered.
+    fn network_programming(&self, _family: IpFamily, _seconds: f64) {}
+    /// A conntrack cleanup of `family` ran.
+    fn conntrack(&self, _family: IpFamily, _took: Duration, _deleted: usize) {}
+}
+
+/// An observer that does nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopSyncObserver;
+
+impl SyncObserver for NoopSyncObserver {}
+
 /// Runs syncs against one backend. Clones share the backend and status;
 /// the runner guarantees one sync at a time.
 #[derive(Clone)]
@@ -54,7 +75,7 @@ pub struct Driver {
     backend: Arc<Mutex<Box<dyn Backend>>>,
     status: Arc<watch::Sender<SyncStatus>>,
     conntrack: Option<Cleaner>,
-    metrics: Option<Metrics>,
+    observer: Arc<dyn SyncObserver>,
     hc_ports: Arc<watch::Sender<Vec<HealthCheckPort>>>,
     trigger: Option<Trigger>,
 }
@@ -66,12 +87,10 @@ fn kind_name(kind: SyncKind) -> &'static str {
     }
 }
 
-/// The family a failed tool worked on (ip6tables → IPv6), for metrics.
-fn error_family(err: &BackendError) -> IpFamily {
-    match err {
-        BackendError::Apply { tool, .. } | BackendError::Exec { tool, .. } if tool.starts_with("ip6") => IpFamily::V6,
-        _ => IpFamily::V4,
-    }
+/// The families a failure is counted for: its own, or both when it is not
+/// about one family (one nftables transaction for both, a failed task).
+fn error_families(err: &BackendError) -> Vec<IpFamily> {
+    err.family().map_or_else(|| IpFamily::ALL.to_vec(), |f| vec![f])
 }
 
 /// Locks a mutex, recovering from poisoning: a panicked sync must not stop
@@ -91,7 +110,7 @@ impl Driver {
             backend: Arc::new(Mutex::new(backend)),
             status: Arc::new(status),
             conntrack: None,
-            metrics: None,
+            observer: Arc::new(NoopSyncObserver),
             hc_ports: Arc::new(hc_ports),
             trigger: None,
         }
@@ -111,9 +130,9 @@ impl Driver {
         self
     }
 
-    /// Records sync metrics.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
+    /// Reports what syncs do (metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn SyncObserver>) -> Self {
+        self.observer = observer;
         self
     }
 
@@ -136,9 +155,7 @@ impl Driver {
         let draining = desired.node.is_draining();
         self.status
             .send_if_modified(|s| std::mem::replace(&mut s.node_draining, draining) != draining);
-        if let Some(m) = &self.metrics {
-            m.pending(changes.service_changes, changes.endpoint_changes);
-        }
+        self.observer.pending(changes.service_changes, changes.endpoint_changes);
         let started = Instant::now();
         let backend = self.backend.clone();
         let cleaner = self.conntrack.clone();
@@ -147,12 +164,8 @@ impl Driver {
             // Only once the new rules are in place: flows deleted earlier
             // could be re-created through the old ones.
             let cleaned = match (&result, &cleaner) {
-                (Ok(_), Some(cleaner)) => {
-                    let t = std::time::Instant::now();
-                    let stats = cleaner.delete(&stale_flows(&changes));
-                    Some((t.elapsed(), stats.deleted_entries))
-                }
-                _ => None,
+                (Ok(_), Some(cleaner)) => clean_conntrack(cleaner, &changes, &desired),
+                _ => Vec::new(),
             };
             (result, changes, desired, cleaned)
         })
@@ -164,21 +177,21 @@ impl Driver {
                 true
             }
             Ok((Err(err), changes, _, _)) => {
-                error!(kind = kind_name(kind), error = %err, "Sync failed; changes stay pending and a full sync will be retried");
+                error!(kind = kind_name(kind), error = %err.chain(), "Sync failed; changes stay pending and a full sync will be retried");
                 if let BackendError::Apply { context: Some(ctx), .. } = &err {
                     error!("Offending input:\n{ctx}");
                 }
-                if let Some(m) = &self.metrics {
-                    m.sync_failed(kind, error_family(&err));
-                    m.pending(changes.service_changes, changes.endpoint_changes);
+                for family in error_families(&err) {
+                    self.observer.sync_failed(kind, family);
                 }
+                self.observer.pending(changes.service_changes, changes.endpoint_changes);
                 self.record_failure();
                 false
             }
             Err(join) => {
                 error!(kind = kind_name(kind), error = %join, "Sync panicked; a full sync will be retried");
-                if let Some(m) = &self.metrics {
-                    m.sync_failed(kind, IpFamily::V4);
+                for family in IpFamily::ALL {
+                    self.observer.sync_failed(kind, family);
                 }
                 self.record_failure();
                 false
@@ -193,7 +206,7 @@ impl Driver {
         changes: &ChangeSet,
         desired: &DesiredState,
         elapsed: std::time::Duration,
-        cleaned: Option<(std::time::Duration, usize)>,
+        cleaned: Vec<(IpFamily, Duration, usize)>,
     ) {
         let first = self.status.borrow().syncs == 0;
         let still_pending = {
@@ -222,28 +235,26 @@ impl Driver {
                 "Sync done"
             );
         }
-        if let Some(m) = &self.metrics {
-            let now = SystemTime::now();
-            let now_unix = now
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            m.sync_done(kind, &stats, elapsed, now_unix);
-            m.changes_synced(changes.service_changes, changes.endpoint_changes);
-            if still_pending == 0 {
-                m.pending(0, 0);
-            }
-            for t in &changes.trigger_times {
-                if let Ok(ts) = t.parse::<k8s_openapi::jiff::Timestamp>() {
-                    let latency = now_unix - ts.as_millisecond() as f64 / 1000.0;
-                    if latency >= 0.0 {
-                        m.network_programming(IpFamily::V4, latency);
-                    }
+        let o = &self.observer;
+        let now_unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        o.sync_done(kind, &stats, elapsed, now_unix);
+        o.changes_synced(changes.service_changes, changes.endpoint_changes);
+        if still_pending == 0 {
+            o.pending(0, 0);
+        }
+        for (family, t) in &changes.trigger_times {
+            if let Ok(ts) = t.parse::<k8s_openapi::jiff::Timestamp>() {
+                let latency = now_unix - ts.as_millisecond() as f64 / 1000.0;
+                if latency >= 0.0 {
+                    o.network_programming(*family, latency);
                 }
             }
-            if let Some((took, deleted)) = cleaned {
-                m.conntrack(IpFamily::V4, took, deleted);
-            }
+        }
+        for (family, took, deleted) in cleaned {
+            o.conntrack(family, took, deleted);
         }
         let ports = health_check_ports(desired);
         self.hc_ports.send_if_modified(|cur| {
@@ -266,10 +277,7 @@ impl Driver {
         let backend = self.backend.clone();
         match tokio::task::spawn_blocking(move || lock(&backend).cleanup()).await {
             Ok(r) => r,
-            Err(e) => Err(BackendError::Exec {
-                tool: "cleanup".into(),
-                message: e.to_string(),
-            }),
+            Err(e) => Err(BackendError::Task(e.to_string())),
         }
     }
 
@@ -279,4 +287,22 @@ impl Driver {
             s.consecutive_failures = s.consecutive_failures.saturating_add(1);
         });
     }
+}
+
+/// Deletes the stale UDP flows of `changes`, one run per IP family the
+/// desired state or the flows use: (family, time taken, entries deleted).
+fn clean_conntrack(cleaner: &Cleaner, changes: &ChangeSet, desired: &DesiredState) -> Vec<(IpFamily, Duration, usize)> {
+    let flows = stale_flows(changes);
+    IpFamily::ALL
+        .into_iter()
+        .filter_map(|family| {
+            let mine: Vec<_> = flows.iter().filter(|f| f.family() == family).cloned().collect();
+            if mine.is_empty() && desired.ports_of(family).next().is_none() {
+                return None;
+            }
+            let t = std::time::Instant::now();
+            let stats = cleaner.delete(&mine);
+            Some((family, t.elapsed(), stats.deleted_entries))
+        })
+        .collect()
 }

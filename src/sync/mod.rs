@@ -13,5 +13,5 @@ pub mod runner;
 #[cfg(test)]
 mod tests;
 
-pub use driver::{Driver, SharedModel, SyncStatus, lock};
+pub use driver::{Driver, NoopSyncObserver, SharedModel, SyncObserver, SyncStatus, lock};
 pub use runner::{Runner, RunnerConfig, RunnerConfigError, Trigger};

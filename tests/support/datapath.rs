@@ -316,6 +316,8 @@ impl Mode {
                     masquerade_all: cfg.masquerade_all,
                     cluster_cidrs: cluster_cidrs(),
                     nodeport_addresses: cfg.nodeport_addresses.clone(),
+                    localhost_nodeports: false,
+                    conntrack_liberal: false,
                 };
                 // Stale-chain delay decided from the kernel, as the daemon does.
                 ModeBackend::Nftables(NftablesBackend::new(sys, settings, None))

@@ -29,16 +29,17 @@ use std::fmt::Write as _;
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use self::render::{
-    FIREWALL_JUMPS, JUMPS, Jump, NodePortTargets, PortRules, RenderOpts, SharedRule, Table, is_large, render_port,
-    render_static, write_tables,
+    FIREWALL_JUMPS, JUMPS, Jump, PortRules, RenderOpts, SharedRule, Table, is_large, render_port, render_static,
+    write_tables,
 };
-use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, family_addresses, hash_rules};
-use crate::config::{Config, NodePortAddresses, ProxyMode};
-use crate::model::{ChangeSet, DesiredState, IpFamily, NodeInfo, ServicePortName};
+pub use super::settings::Settings;
+use super::settings::{error_context, number_after};
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, ToolFailure, hash_rules, local_addresses};
+use crate::config::{NodePortAddresses, ProxyMode};
+use crate::model::{ChangeSet, DesiredState, IpFamily, NoLocal, ServicePortName};
 use crate::sys::Sys;
 
 /// Above this many changed service ports a partial sync is done as a full one.
@@ -77,17 +78,6 @@ pub enum Variant {
     Plain,
 }
 
-/// Settings that come from the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub masquerade_mark: u32,
-    pub masquerade_all: bool,
-    pub cluster_cidrs: Vec<IpNet>,
-    pub nodeport_addresses: NodePortAddresses,
-    pub localhost_nodeports: bool,
-    pub conntrack_liberal: bool,
-}
-
 /// What is known to be programmed in one family.
 #[derive(Debug, Default)]
 struct Programmed {
@@ -113,8 +103,8 @@ impl Programmed {
                     Table::Nat => nat += 1,
                 }
             }
-            internal += usize::from(p.no_local_internal);
-            external += usize::from(p.no_local_external);
+            internal += usize::from(p.no_local.internal);
+            external += usize::from(p.no_local.external);
         }
         FamilyStats {
             family,
@@ -134,8 +124,7 @@ struct ProgrammedPort {
     chains: BTreeMap<String, u64>,
     shared: Vec<SharedRule>,
     nat_rules: usize,
-    no_local_internal: bool,
-    no_local_external: bool,
+    no_local: NoLocal,
 }
 
 /// Per-family state.
@@ -180,53 +169,14 @@ impl Variant {
     }
 }
 
-// === impl Settings ===
-
-impl Settings {
-    pub fn from_config(cfg: &Config) -> Self {
-        Self {
-            masquerade_mark: cfg.masquerade_mark(),
-            masquerade_all: cfg.masquerade_all,
-            cluster_cidrs: cfg.cluster_cidrs.clone(),
-            nodeport_addresses: cfg.nodeport_addresses.clone(),
-            localhost_nodeports: cfg.localhost_nodeports,
-            conntrack_liberal: cfg.conntrack_tcp_be_liberal,
+/// Whether NodePorts answer on 127.0.0.1 (needs `route_localnet`).
+fn wants_localnet(settings: &Settings) -> bool {
+    settings.localhost_nodeports
+        && match &settings.nodeport_addresses {
+            NodePortAddresses::All => true,
+            NodePortAddresses::Primary => false,
+            NodePortAddresses::Cidrs(nets) => nets.iter().any(|n| n.contains(&IpAddr::from([127, 0, 0, 1]))),
         }
-    }
-
-    /// Rendering options for one family on this node.
-    pub fn render_opts(&self, family: IpFamily, node: &NodeInfo, local_addrs: &[IpAddr]) -> RenderOpts {
-        let addrs = family_addresses(
-            family,
-            node,
-            &self.cluster_cidrs,
-            &self.nodeport_addresses,
-            local_addrs,
-            true,
-        );
-        RenderOpts {
-            family,
-            masquerade_mark: self.masquerade_mark,
-            masquerade_all: self.masquerade_all,
-            local_cidrs: addrs.local_cidrs,
-            nodeports: addrs
-                .nodeport_ips
-                .map_or(NodePortTargets::AllLocal, NodePortTargets::Ips),
-            localhost_nodeports: self.localhost_nodeports,
-            conntrack_liberal: self.conntrack_liberal,
-            node_ips: addrs.node_ips,
-        }
-    }
-
-    /// Whether NodePorts answer on 127.0.0.1 (needs `route_localnet`).
-    fn wants_localnet(&self) -> bool {
-        self.localhost_nodeports
-            && match &self.nodeport_addresses {
-                NodePortAddresses::All => true,
-                NodePortAddresses::Primary => false,
-                NodePortAddresses::Cidrs(nets) => nets.iter().any(|n| n.contains(&IpAddr::from([127, 0, 0, 1]))),
-            }
-    }
 }
 
 // === impl ProgrammedPort ===
@@ -241,8 +191,7 @@ impl ProgrammedPort {
                 .collect(),
             shared: rules.shared.clone(),
             nat_rules: rules.chains.iter().map(|c| c.rules.len()).sum(),
-            no_local_internal: rules.no_local_internal,
-            no_local_external: rules.no_local_external,
+            no_local: rules.no_local,
         }
     }
 }
@@ -313,15 +262,20 @@ impl IptablesBackend {
             .sys
             .runner
             .run(&program, args, stdin)
-            .map_err(|e| BackendError::Exec {
+            .map_err(|source| BackendError::Exec {
+                family: Some(family),
                 tool: program.clone(),
-                message: e.to_string(),
+                source,
             })?;
         if out.status != 0 {
-            let context = stdin.and_then(|input| error_context(&out.stderr, input));
+            let context = stdin.and_then(|input| restore_error_context(&out.stderr, input));
             return Err(BackendError::Apply {
+                family: Some(family),
                 tool: program,
-                message: out.stderr.trim().to_string(),
+                source: ToolFailure {
+                    status: out.status,
+                    stderr: out.stderr.trim().to_string(),
+                },
                 context,
             });
         }
@@ -392,13 +346,6 @@ impl IptablesBackend {
         missing
     }
 
-    fn local_addresses(&self) -> Vec<IpAddr> {
-        match &self.settings.nodeport_addresses {
-            NodePortAddresses::Cidrs(_) => crate::sys::interface_addresses(self.sys.runner.as_ref()),
-            _ => Vec::new(),
-        }
-    }
-
     fn sync_family(
         &mut self,
         idx: usize,
@@ -408,7 +355,7 @@ impl IptablesBackend {
         local_addrs: &[IpAddr],
     ) -> Result<SyncStats, BackendError> {
         let family = self.families[idx].family;
-        let opts = self.settings.render_opts(family, &desired.node, local_addrs);
+        let opts = self.settings.render_opts(family, &desired.node, local_addrs, true);
         let large = is_large(desired, family);
         let prog = &self.families[idx].programmed;
         // Many changes at once (a big apply) go through the batched full path.
@@ -584,7 +531,7 @@ impl IptablesBackend {
     }
 
     fn ensure_localnet(&mut self) {
-        if self.localnet_set || !self.settings.wants_localnet() {
+        if self.localnet_set || !wants_localnet(&self.settings) {
             return;
         }
         match self.sys.sysctl.set("net.ipv4.conf.all.route_localnet", "1") {
@@ -665,7 +612,7 @@ impl Backend for IptablesBackend {
 
     fn sync(&mut self, desired: &DesiredState, changes: &ChangeSet, kind: SyncKind) -> Result<SyncStats, BackendError> {
         self.variant();
-        let local_addrs = self.local_addresses();
+        let local_addrs = local_addresses(&self.settings, &self.sys);
         let mut total = SyncStats::default();
         for idx in 0..self.families.len() {
             let family = self.families[idx].family;
@@ -696,11 +643,8 @@ impl Backend for IptablesBackend {
 
     fn render(&self, desired: &DesiredState) -> String {
         let mut out = String::new();
-        for family in IpFamily::ALL {
-            if family == IpFamily::V6 && desired.ports_of(family).next().is_none() {
-                continue;
-            }
-            let opts = self.settings.render_opts(family, &desired.node, &[]);
+        for family in super::rendered_families(desired) {
+            let opts = self.settings.render_opts(family, &desired.node, &[], true);
             if family == IpFamily::V6 {
                 out.push_str("# ip6tables-restore input\n");
             }
@@ -863,25 +807,9 @@ fn parse_save(save: &str) -> Saved {
     out
 }
 
-/// For an iptables-restore error naming a line (`line 12 failed`), that
-/// line with three lines of context either side, numbered.
-pub fn error_context(stderr: &str, input: &[u8]) -> Option<String> {
-    // "line 12 failed" (legacy) or "Error occurred at line: 12" (nft).
-    let idx = stderr.find("line ")?;
-    let num: usize = stderr[idx + 5..]
-        .trim_start_matches([':', ' '])
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
-    let text = String::from_utf8_lossy(input);
-    let lines: Vec<&str> = text.lines().collect();
-    let lo = num.saturating_sub(4);
-    let hi = (num + 3).min(lines.len());
-    let mut out = String::new();
-    for (i, l) in lines.iter().enumerate().take(hi).skip(lo) {
-        let marker = if i + 1 == num { ">" } else { " " };
-        let _ = writeln!(out, "{marker}{:>6} {l}", i + 1);
-    }
-    Some(out)
+/// For an iptables-restore error naming a line (`line 12 failed`, or
+/// `Error occurred at line: 12` from iptables-nft), that line with three
+/// lines of context either side, numbered.
+pub fn restore_error_context(stderr: &str, input: &[u8]) -> Option<String> {
+    error_context(input, number_after(stderr, "line ")?)
 }

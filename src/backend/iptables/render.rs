@@ -5,49 +5,26 @@
 //! (`KUBE-SVC/SVL/EXT/FW/SEP-*`, rewritten whole when they change) and its
 //! rules in the shared chains (`KUBE-SERVICES`, `KUBE-NODEPORTS`, and the
 //! filter chains), which a partial sync edits rule by rule. One function per
-//! rule family; policy (which endpoints, drop or reject) comes from the
-//! model's `EndpointSelection`, never decided here.
+//! rule family; every decision (which endpoints, drop or reject, firewall,
+//! masquerade) comes from the model's [`PortPlan`], never made here.
 
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-
 use super::names::{self, PortChains, sep_chain};
-use crate::model::{DesiredState, Endpoint, IpFamily, ServicePortState, SessionAffinity, TrafficPolicy};
+pub use crate::backend::settings::{NodePortTargets, RenderOpts};
+use crate::model::{
+    ClusterIpMasquerade, DesiredState, Endpoint, FirewallScope, IpFamily, NoLocal, Part, PortPlan, Refusal, Route,
+    ServicePortState,
+};
 
 /// Above this many endpoints (in one family), rule comments on endpoint
 /// rules are dropped to shrink the ruleset, as kube-proxy does.
 pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
-/// Per-family rendering options, derived from the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RenderOpts {
-    pub family: IpFamily,
-    /// The masquerade mark, e.g. 0x4000.
-    pub masquerade_mark: u32,
-    pub masquerade_all: bool,
-    /// Cluster (pod) CIDRs of this family: traffic from elsewhere to a
-    /// cluster IP is masqueraded. Empty: no local-traffic detection.
-    pub local_cidrs: Vec<IpNet>,
-    /// Where NodePorts are accepted.
-    pub nodeports: NodePortTargets,
-    /// NodePorts on 127.0.0.1 (IPv4 only).
-    pub localhost_nodeports: bool,
-    /// `nf_conntrack_tcp_be_liberal` is set: no INVALID drop.
-    pub conntrack_liberal: bool,
-    /// The node's IPs of this family (for source-range checks of node traffic).
-    pub node_ips: Vec<IpAddr>,
-}
-
-/// Which destination addresses accept NodePort traffic.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodePortTargets {
-    /// Every local address (`-m addrtype --dst-type LOCAL`).
-    AllLocal,
-    /// These addresses only.
-    Ips(Vec<IpAddr>),
-}
+/// kube-proxy's iptables mode plans the source-range firewall only for
+/// services with endpoints (see [`FirewallScope`]).
+pub const FIREWALL_SCOPE: FirewallScope = FirewallScope::WithEndpoints;
 
 /// One owned nat chain and its rules (each rule without `-A CHAIN`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,10 +40,8 @@ pub struct PortRules {
     pub chains: Vec<Chain>,
     /// Rules in shared chains: (table, chain, rule body).
     pub shared: Vec<SharedRule>,
-    /// Internal traffic is dropped: Local policy, no local endpoints.
-    pub no_local_internal: bool,
-    /// External traffic is dropped: Local policy, no local endpoints.
-    pub no_local_external: bool,
+    /// Traffic classes dropped for lack of a local endpoint (metrics).
+    pub no_local: NoLocal,
 }
 
 /// A rule in a chain shared by all services.
@@ -338,311 +313,282 @@ pub fn render_static(opts: &RenderOpts) -> StaticRules {
     }
 }
 
-/// What a service port's selection means for its rules.
-struct Plan<'a> {
-    state: &'a ServicePortState,
+/// One service port being rendered: its plan plus the names and spellings
+/// its rules use (no decisions here).
+struct Port<'a> {
+    plan: PortPlan<'a>,
     chains: PortChains,
     /// `ns/name:port` as rule comments write it.
     name: String,
     proto: &'static str,
-    cluster: &'a [Endpoint],
-    local: &'a [Endpoint],
-    reachable: &'a [Endpoint],
-    has_any: bool,
-    has_internal: bool,
-    has_external: bool,
-    internal_chain: String,
-    external_policy_chain: String,
-    uses_fw: bool,
     large: bool,
 }
 
 /// Renders one service port for `opts.family`. `large` drops endpoint
 /// comments (see [`is_large`]).
 pub fn render_port(state: &ServicePortState, opts: &RenderOpts, large: bool) -> PortRules {
-    let plan = plan(state, opts, large);
+    let plan = PortPlan::new(state, &opts.plan_context(FIREWALL_SCOPE));
+    let p = Port {
+        chains: PortChains::new(&state.port.name),
+        name: state.port.name.to_string(),
+        proto: state.port.name.protocol.as_lower(),
+        large,
+        plan,
+    };
+    let plan = &p.plan;
     let mut out = PortRules {
-        no_local_internal: plan.has_any && !plan.has_internal,
-        no_local_external: plan.has_any && !plan.has_external && state.port.is_externally_reachable(),
+        no_local: plan.no_local(),
         ..PortRules::default()
     };
-    cluster_ip_rules(&plan, opts, &mut out);
-    external_ip_rules(&plan, opts, &mut out);
-    load_balancer_rules(&plan, opts, &mut out);
-    node_port_rules(&plan, &mut out);
-    health_check_rules(&plan, &mut out);
-    if plan.has_any && state.port.is_externally_reachable() {
-        out.chains.push(external_chain(&plan, opts));
-    }
-    if plan.uses_fw {
-        out.chains.push(firewall_chain(&plan, opts));
-    }
-    if !plan.cluster.is_empty() && state.port.uses_cluster_endpoints() {
-        out.chains
-            .push(policy_chain(&plan, &plan.chains.svc, plan.cluster, opts));
-    }
-    if !plan.local.is_empty() && state.port.uses_local_endpoints() {
-        out.chains.push(policy_chain(&plan, &plan.chains.svl, plan.local, opts));
-    }
+    cluster_ip_rules(&p, &mut out);
+    external_ip_rules(&p, &mut out);
+    load_balancer_rules(&p, &mut out);
+    node_port_rules(&p, &mut out);
+    health_check_rules(&p, &mut out);
+    out.chains = plan.map_parts(|part| match part {
+        Part::External => external_chain(&p),
+        Part::Firewall(fw) => firewall_chain(&p, fw),
+        Part::Endpoints(route) => policy_chain(&p, route),
+    });
     for ep in plan.reachable {
-        out.chains.push(endpoint_chain(&plan, ep));
+        out.chains.push(endpoint_chain(&p, ep));
     }
     out
 }
 
-fn plan<'a>(state: &'a ServicePortState, opts: &RenderOpts, large: bool) -> Plan<'a> {
-    let port = &state.port;
-    let sel = &state.family(opts.family).selection;
-    let chains = PortChains::new(&port.name);
-    let (internal_chain, has_internal) = match port.internal_policy {
-        TrafficPolicy::Local => (chains.svl.clone(), sel.has_any && !sel.local.is_empty()),
-        TrafficPolicy::Cluster => (chains.svc.clone(), sel.has_any),
-    };
-    let (external_policy_chain, has_external) = match port.external_policy {
-        TrafficPolicy::Local => (chains.svl.clone(), sel.has_any && !sel.local.is_empty()),
-        TrafficPolicy::Cluster => (chains.svc.clone(), sel.has_any),
-    };
-    let uses_fw = sel.has_any
-        && port.load_balancer_ips(opts.family).next().is_some()
-        && port.source_ranges(opts.family).next().is_some();
-    Plan {
-        state,
-        name: port.name.to_string(),
-        proto: port.name.protocol.as_lower(),
-        chains,
-        cluster: &sel.cluster,
-        local: &sel.local,
-        reachable: &sel.reachable,
-        has_any: sel.has_any,
-        has_internal,
-        has_external,
-        internal_chain,
-        external_policy_chain,
-        uses_fw,
-        large,
-    }
-}
+// === impl Port ===
 
-/// `-m proto -p proto -d VIP --dport PORT`.
-fn vip_match(plan: &Plan<'_>, ip: &IpAddr) -> String {
-    format!(
-        "-m {p} -p {p} -d {} --dport {}",
-        host(ip),
-        plan.state.port.port,
-        p = plan.proto
-    )
+impl Port<'_> {
+    /// The chain that balances over a forwarding route's endpoints.
+    fn route_chain(&self, route: Route) -> &str {
+        match route {
+            Route::Local => &self.chains.svl,
+            _ => &self.chains.svc,
+        }
+    }
+
+    /// `-m proto -p proto -d VIP --dport PORT`.
+    fn vip_match(&self, ip: &IpAddr) -> String {
+        format!(
+            "-m {p} -p {p} -d {} --dport {}",
+            host(ip),
+            self.plan.state.port.port,
+            p = self.proto
+        )
+    }
+
+    /// The filter target and comment for refused traffic.
+    fn refusal(&self, refusal: Refusal) -> (&'static str, String) {
+        let target = match refusal {
+            Refusal::Drop => "DROP",
+            Refusal::Reject => "REJECT",
+        };
+        (target, format!("\"{} {}\"", self.name, refusal.reason()))
+    }
 }
 
 fn shared(out: &mut PortRules, table: Table, chain: &'static str, rule: String) {
     out.shared.push(SharedRule { table, chain, rule });
 }
 
-/// The filter verdict for traffic that has no endpoints to go to.
-fn filter_verdict(plan: &Plan<'_>) -> (&'static str, String) {
-    if plan.has_any {
-        ("DROP", format!("\"{} has no local endpoints\"", plan.name))
-    } else {
-        ("REJECT", format!("\"{} has no endpoints\"", plan.name))
-    }
-}
-
-fn cluster_ip_rules(plan: &Plan<'_>, opts: &RenderOpts, out: &mut PortRules) {
-    let Some(ip) = plan.state.port.cluster_ip(opts.family) else {
+fn cluster_ip_rules(p: &Port<'_>, out: &mut PortRules) {
+    let Some(ip) = p.plan.state.port.cluster_ip(p.plan.family) else {
         return;
     };
-    if plan.has_internal {
-        let rule = format!(
-            "-m comment --comment \"{} cluster IP\" {} -j {}",
-            plan.name,
-            vip_match(plan, &ip),
-            plan.internal_chain
-        );
-        shared(out, Table::Nat, names::KUBE_SERVICES, rule);
-    } else {
-        let (target, comment) = filter_verdict(plan);
-        let rule = format!("-m comment --comment {comment} {} -j {target}", vip_match(plan, &ip));
-        shared(out, Table::Filter, names::KUBE_SERVICES, rule);
+    match p.plan.internal.refusal() {
+        None => {
+            let rule = format!(
+                "-m comment --comment \"{} cluster IP\" {} -j {}",
+                p.name,
+                p.vip_match(&ip),
+                p.route_chain(p.plan.internal)
+            );
+            shared(out, Table::Nat, names::KUBE_SERVICES, rule);
+        }
+        Some(refusal) => {
+            let (target, comment) = p.refusal(refusal);
+            let rule = format!("-m comment --comment {comment} {} -j {target}", p.vip_match(&ip));
+            shared(out, Table::Filter, names::KUBE_SERVICES, rule);
+        }
     }
 }
 
-fn external_ip_rules(plan: &Plan<'_>, opts: &RenderOpts, out: &mut PortRules) {
-    for ip in plan.state.port.external_ips(opts.family) {
-        if plan.has_any {
+/// The filter rule refusing external traffic to `ip`, when the plan
+/// refuses it.
+fn external_refusal(p: &Port<'_>, ip: &IpAddr, out: &mut PortRules) {
+    if let Some(refusal) = p.plan.external.refusal() {
+        let (target, comment) = p.refusal(refusal);
+        let rule = format!("-m comment --comment {comment} {} -j {target}", p.vip_match(ip));
+        shared(out, Table::Filter, names::KUBE_EXTERNAL_SERVICES, rule);
+    }
+}
+
+fn external_ip_rules(p: &Port<'_>, out: &mut PortRules) {
+    for ip in p.plan.state.port.external_ips(p.plan.family) {
+        if p.plan.dispatches_external() {
             let rule = format!(
                 "-m comment --comment \"{} external IP\" {} -j {}",
-                plan.name,
-                vip_match(plan, &ip),
-                plan.chains.ext
+                p.name,
+                p.vip_match(&ip),
+                p.chains.ext
             );
             shared(out, Table::Nat, names::KUBE_SERVICES, rule);
         }
-        if !plan.has_external {
-            let (target, comment) = filter_verdict(plan);
-            let rule = format!("-m comment --comment {comment} {} -j {target}", vip_match(plan, &ip));
-            shared(out, Table::Filter, names::KUBE_EXTERNAL_SERVICES, rule);
-        }
+        external_refusal(p, &ip, out);
     }
 }
 
-fn load_balancer_rules(plan: &Plan<'_>, opts: &RenderOpts, out: &mut PortRules) {
-    let target = if plan.uses_fw {
-        &plan.chains.fw
+fn load_balancer_rules(p: &Port<'_>, out: &mut PortRules) {
+    let target = if p.plan.firewall.is_some() {
+        &p.chains.fw
     } else {
-        &plan.chains.ext
+        &p.chains.ext
     };
-    for ip in plan.state.port.load_balancer_ips(opts.family) {
-        if plan.has_any {
+    let lb_ips: Vec<IpAddr> = p.plan.state.port.load_balancer_ips(p.plan.family).collect();
+    for ip in &lb_ips {
+        if p.plan.dispatches_external() {
             let rule = format!(
                 "-m comment --comment \"{} loadbalancer IP\" {} -j {target}",
-                plan.name,
-                vip_match(plan, &ip)
+                p.name,
+                p.vip_match(ip)
             );
             shared(out, Table::Nat, names::KUBE_SERVICES, rule);
         }
-        if plan.uses_fw {
+        if p.plan.firewall.is_some() {
             let rule = format!(
                 "-m comment --comment \"{} traffic not accepted by {}\" {} -j DROP",
-                plan.name,
-                plan.chains.fw,
-                vip_match(plan, &ip)
+                p.name,
+                p.chains.fw,
+                p.vip_match(ip)
             );
             shared(out, Table::Filter, names::KUBE_PROXY_FIREWALL, rule);
         }
     }
-    if !plan.has_external {
-        for ip in plan.state.port.load_balancer_ips(opts.family) {
-            let (target, comment) = filter_verdict(plan);
-            let rule = format!("-m comment --comment {comment} {} -j {target}", vip_match(plan, &ip));
-            shared(out, Table::Filter, names::KUBE_EXTERNAL_SERVICES, rule);
-        }
+    for ip in &lb_ips {
+        external_refusal(p, ip, out);
     }
 }
 
-fn node_port_rules(plan: &Plan<'_>, out: &mut PortRules) {
-    let node_port = plan.state.port.node_port;
+fn node_port_rules(p: &Port<'_>, out: &mut PortRules) {
+    let node_port = p.plan.state.port.node_port;
     if node_port == 0 {
         return;
     }
-    let p = plan.proto;
-    if plan.has_any {
+    let proto = p.proto;
+    if p.plan.dispatches_external() {
         let rule = format!(
-            "-m comment --comment {} -m {p} -p {p} --dport {node_port} -j {}",
-            plan.name, plan.chains.ext
+            "-m comment --comment {} -m {proto} -p {proto} --dport {node_port} -j {}",
+            p.name, p.chains.ext
         );
         shared(out, Table::Nat, names::KUBE_NODEPORTS, rule);
     }
-    if !plan.has_external {
-        let (target, comment) = filter_verdict(plan);
+    if let Some(refusal) = p.plan.external.refusal() {
+        let (target, comment) = p.refusal(refusal);
         let rule = format!(
-            "-m comment --comment {comment} -m addrtype --dst-type LOCAL -m {p} -p {p} --dport {node_port} -j {target}"
+            "-m comment --comment {comment} -m addrtype --dst-type LOCAL -m {proto} -p {proto} --dport {node_port} -j {target}"
         );
         shared(out, Table::Filter, names::KUBE_EXTERNAL_SERVICES, rule);
     }
 }
 
-fn health_check_rules(plan: &Plan<'_>, out: &mut PortRules) {
-    let hc = plan.state.port.health_check_node_port;
+fn health_check_rules(p: &Port<'_>, out: &mut PortRules) {
+    let hc = p.plan.health_check_node_port;
     if hc == 0 {
         return;
     }
     let rule = format!(
         "-m comment --comment \"{} health check node port\" -m tcp -p tcp --dport {hc} -j ACCEPT",
-        plan.name
+        p.name
     );
     shared(out, Table::Filter, names::KUBE_NODEPORTS, rule);
 }
 
 /// `KUBE-EXT-*`: external traffic, masqueraded unless the policy is Local,
 /// where pod and node traffic is short-circuited to the cluster chain.
-fn external_chain(plan: &Plan<'_>, opts: &RenderOpts) -> Chain {
+fn external_chain(p: &Port<'_>) -> Chain {
     let mut rules = Vec::new();
-    let name = &plan.name;
-    match plan.state.port.external_policy {
-        TrafficPolicy::Cluster => rules.push(format!(
+    let name = &p.name;
+    let masq = &p.plan.masquerade;
+    if masq.external {
+        rules.push(format!(
             "-m comment --comment \"masquerade traffic for {name} external destinations\" -j {}",
             names::KUBE_MARK_MASQ
-        )),
-        TrafficPolicy::Local => {
-            for cidr in &opts.local_cidrs {
-                rules.push(format!(
-                    "-s {cidr} -m comment --comment \"pod traffic for {name} external destinations\" -j {}",
-                    plan.chains.svc
-                ));
-            }
-            rules.push(format!(
-                "-m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" \
-                 -m addrtype --src-type LOCAL -j {}",
-                names::KUBE_MARK_MASQ
-            ));
-            rules.push(format!(
-                "-m comment --comment \"route LOCAL traffic for {name} external destinations\" \
-                 -m addrtype --src-type LOCAL -j {}",
-                plan.chains.svc
-            ));
-        }
+        ));
     }
-    if plan.has_external {
-        rules.push(format!("-j {}", plan.external_policy_chain));
+    for cidr in &masq.pods_to_cluster {
+        rules.push(format!(
+            "-s {cidr} -m comment --comment \"pod traffic for {name} external destinations\" -j {}",
+            p.chains.svc
+        ));
+    }
+    if masq.local_origin_to_cluster {
+        rules.push(format!(
+            "-m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" \
+             -m addrtype --src-type LOCAL -j {}",
+            names::KUBE_MARK_MASQ
+        ));
+        rules.push(format!(
+            "-m comment --comment \"route LOCAL traffic for {name} external destinations\" \
+             -m addrtype --src-type LOCAL -j {}",
+            p.chains.svc
+        ));
+    }
+    if p.plan.external.forwards() {
+        rules.push(format!("-j {}", p.route_chain(p.plan.external)));
     }
     Chain {
-        name: plan.chains.ext.clone(),
+        name: p.chains.ext.clone(),
         rules,
     }
 }
 
 /// `KUBE-FW-*`: load-balancer source ranges.
-fn firewall_chain(plan: &Plan<'_>, opts: &RenderOpts) -> Chain {
-    let port = &plan.state.port;
-    let head = format!("-m comment --comment \"{} loadbalancer IP\"", plan.name);
-    let mut rules = Vec::new();
-    let mut allow_from_node = false;
-    for cidr in port.source_ranges(opts.family) {
-        rules.push(format!("-s {cidr} {head} -j {}", plan.chains.ext));
-        allow_from_node |= opts.node_ips.iter().any(|ip| cidr.contains(ip));
-    }
-    if allow_from_node {
-        // The LB VIP is often local: node → VIP loops back with the VIP as source.
-        for ip in port.load_balancer_ips(opts.family) {
-            rules.push(format!("-s {} {head} -j {}", host(&ip), plan.chains.ext));
-        }
+fn firewall_chain(p: &Port<'_>, fw: &crate::model::Firewall) -> Chain {
+    let head = format!("-m comment --comment \"{} loadbalancer IP\"", p.name);
+    let mut rules: Vec<String> = fw
+        .source_ranges
+        .iter()
+        .map(|cidr| format!("-s {cidr} {head} -j {}", p.chains.ext))
+        .collect();
+    for ip in &fw.node_allowance {
+        rules.push(format!("-s {} {head} -j {}", host(ip), p.chains.ext));
     }
     rules.push(format!(
         "-m comment --comment \"other traffic to {} will be dropped by KUBE-PROXY-FIREWALL\"",
-        plan.name
+        p.name
     ));
     Chain {
-        name: plan.chains.fw.clone(),
+        name: p.chains.fw.clone(),
         rules,
     }
 }
 
 /// `KUBE-SVC-*` or `KUBE-SVL-*`: masquerade off-cluster traffic to the
 /// cluster IP (in the internal chain), affinity, then random balancing.
-fn policy_chain(plan: &Plan<'_>, chain: &str, endpoints: &[Endpoint], opts: &RenderOpts) -> Chain {
+fn policy_chain(p: &Port<'_>, route: Route) -> Chain {
+    let plan = &p.plan;
+    let endpoints = plan.endpoints(route);
     let mut rules = Vec::new();
-    if chain == plan.internal_chain
-        && plan.has_internal
-        && let Some(ip) = plan.state.port.cluster_ip(opts.family)
+    if plan.internal == route
+        && let Some(ip) = plan.state.port.cluster_ip(plan.family)
     {
-        let head = format!(
-            "-m comment --comment \"{} cluster IP\" {}",
-            plan.name,
-            vip_match(plan, &ip)
-        );
-        if opts.masquerade_all {
-            rules.push(format!("{head} -j {}", names::KUBE_MARK_MASQ));
-        } else {
-            for cidr in &opts.local_cidrs {
-                rules.push(format!("! -s {cidr} {head} -j {}", names::KUBE_MARK_MASQ));
+        let head = format!("-m comment --comment \"{} cluster IP\" {}", p.name, p.vip_match(&ip));
+        match &plan.masquerade.cluster_ip {
+            ClusterIpMasquerade::All => rules.push(format!("{head} -j {}", names::KUBE_MARK_MASQ)),
+            ClusterIpMasquerade::NotFrom(cidrs) => {
+                for cidr in cidrs {
+                    rules.push(format!("! -s {cidr} {head} -j {}", names::KUBE_MARK_MASQ));
+                }
             }
+            ClusterIpMasquerade::Nothing => {}
         }
     }
-    if let SessionAffinity::ClientIp { timeout_seconds } = plan.state.port.session_affinity {
+    if let Some(timeout) = plan.affinity {
         for ep in endpoints {
             let sep = sep_chain(&plan.state.port.name, ep);
             rules.push(format!(
-                "{}-m recent --name {sep} --rcheck --seconds {timeout_seconds} --reap -j {sep}",
-                endpoint_comment(plan, ep)
+                "{}-m recent --name {sep} --rcheck --seconds {timeout} --reap -j {sep}",
+                endpoint_comment(p, ep)
             ));
         }
     }
@@ -654,41 +600,44 @@ fn policy_chain(plan: &Plan<'_>, chain: &str, endpoints: &[Endpoint], opts: &Ren
         } else {
             String::new()
         };
-        rules.push(format!("{}{stat}-j {sep}", endpoint_comment(plan, ep)));
+        rules.push(format!("{}{stat}-j {sep}", endpoint_comment(p, ep)));
     }
     Chain {
-        name: chain.to_string(),
+        name: p.route_chain(route).to_string(),
         rules,
     }
 }
 
 /// `KUBE-SEP-*`: hairpin masquerade, affinity bookkeeping, DNAT.
-fn endpoint_chain(plan: &Plan<'_>, ep: &Endpoint) -> Chain {
-    let sep = sep_chain(&plan.state.port.name, ep);
-    let comment = if plan.large {
+fn endpoint_chain(p: &Port<'_>, ep: &Endpoint) -> Chain {
+    let sep = sep_chain(&p.plan.state.port.name, ep);
+    let comment = if p.large {
         String::new()
     } else {
-        format!("-m comment --comment {} ", plan.name)
+        format!("-m comment --comment {} ", p.name)
     };
-    let affinity = match plan.state.port.session_affinity {
-        SessionAffinity::ClientIp { .. } => format!("-m recent --name {sep} --set "),
-        SessionAffinity::None => String::new(),
+    let affinity = match p.plan.affinity {
+        Some(_) => format!("-m recent --name {sep} --set "),
+        None => String::new(),
     };
-    let p = plan.proto;
-    Chain {
-        rules: vec![
-            format!("{comment}-s {} -j {}", host(&ep.ip), names::KUBE_MARK_MASQ),
-            format!("{comment}{affinity}-m {p} -p {p} -j DNAT --to-destination {ep}"),
-        ],
-        name: sep,
-    }
+    let proto = p.proto;
+    let hairpin = if p.plan.masquerade.hairpin {
+        vec![format!("{comment}-s {} -j {}", host(&ep.ip), names::KUBE_MARK_MASQ)]
+    } else {
+        Vec::new()
+    };
+    let mut rules = hairpin;
+    rules.push(format!(
+        "{comment}{affinity}-m {proto} -p {proto} -j DNAT --to-destination {ep}"
+    ));
+    Chain { rules, name: sep }
 }
 
-fn endpoint_comment(plan: &Plan<'_>, ep: &Endpoint) -> String {
-    if plan.large {
+fn endpoint_comment(p: &Port<'_>, ep: &Endpoint) -> String {
+    if p.large {
         String::new()
     } else {
-        format!("-m comment --comment \"{} -> {ep}\" ", plan.name)
+        format!("-m comment --comment \"{} -> {ep}\" ", p.name)
     }
 }
 

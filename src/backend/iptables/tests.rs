@@ -223,8 +223,14 @@ fn failed_restore_reports_context_and_forces_a_full_sync() {
     m.apply_slice(&web(&["10.244.0.9"]));
     let err = sync(&mut b, &mut m, SyncKind::Partial).expect_err("restore fails");
     match err {
-        BackendError::Apply { context, message, .. } => {
-            assert!(message.contains("line 3 failed"));
+        BackendError::Apply {
+            family,
+            context,
+            source,
+            ..
+        } => {
+            assert_eq!(family, Some(IpFamily::V4), "the family is named");
+            assert!(source.stderr.contains("line 3 failed"));
             assert!(context.expect("context").contains(">     3"));
         }
         other => panic!("unexpected {other:?}"),

@@ -32,19 +32,18 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use self::render::{
-    AffinitySet, Chain, Element, MAPS, NodePortTargets, PortObjects, RenderOpts, Writer, render_port, render_static,
-    write_ports,
+    AffinitySet, Chain, Element, MAPS, PortObjects, RenderOpts, Writer, render_port, render_static, write_ports,
 };
-use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, family_addresses, hash_rules};
-use crate::config::{Config, NodePortAddresses, ProxyMode};
-use crate::model::{ChangeSet, DesiredState, IpFamily, NodeInfo, ServicePortName};
+pub use super::settings::Settings;
+use super::settings::{error_context, number_after};
+use super::{Backend, BackendError, FamilyStats, SyncKind, SyncStats, ToolFailure, hash_rules, local_addresses};
+use crate::config::ProxyMode;
+use crate::model::{ChangeSet, DesiredState, IpFamily, NoLocal, ServicePortName};
 use crate::sys::Sys;
 
 /// The loader.
@@ -54,15 +53,6 @@ pub const NFT: &str = "nft";
 /// deleted cannot be deleted in the same transaction; it is flushed and
 /// deleted by a sync at least this much later (as kube-proxy does).
 pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
-
-/// Settings that come from the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub masquerade_mark: u32,
-    pub masquerade_all: bool,
-    pub cluster_cidrs: Vec<IpNet>,
-    pub nodeport_addresses: NodePortAddresses,
-}
 
 /// An element's identity: (set or map, key).
 type ElementKey = (&'static str, String);
@@ -85,8 +75,7 @@ struct ProgrammedPort {
     sets: BTreeMap<String, u32>,
     elements: Vec<ElementKey>,
     /// Local policy without local endpoints (for metrics).
-    no_local_internal: bool,
-    no_local_external: bool,
+    no_local: NoLocal,
 }
 
 /// What is known to be programmed in one family's table.
@@ -134,43 +123,6 @@ pub struct NftablesBackend {
     last_transaction: Option<String>,
 }
 
-// === impl Settings ===
-
-impl Settings {
-    pub fn from_config(cfg: &Config) -> Self {
-        Self {
-            masquerade_mark: cfg.masquerade_mark(),
-            masquerade_all: cfg.masquerade_all,
-            cluster_cidrs: cfg.cluster_cidrs.clone(),
-            nodeport_addresses: cfg.nodeport_addresses.clone(),
-        }
-    }
-
-    /// Rendering options for one family on this node. Loopback addresses
-    /// never accept NodePorts (kube-proxy's nftables mode has no localhost
-    /// NodePorts).
-    pub fn render_opts(&self, family: IpFamily, node: &NodeInfo, local_addrs: &[IpAddr]) -> RenderOpts {
-        let addrs = family_addresses(
-            family,
-            node,
-            &self.cluster_cidrs,
-            &self.nodeport_addresses,
-            local_addrs,
-            false,
-        );
-        RenderOpts {
-            family,
-            masquerade_mark: self.masquerade_mark,
-            masquerade_all: self.masquerade_all,
-            local_cidrs: addrs.local_cidrs,
-            nodeports: addrs
-                .nodeport_ips
-                .map_or(NodePortTargets::AllLocal, NodePortTargets::Ips),
-            node_ips: addrs.node_ips,
-        }
-    }
-}
-
 // === impl ProgrammedPort ===
 
 impl ProgrammedPort {
@@ -187,8 +139,7 @@ impl ProgrammedPort {
                 .map(|s| (s.name.clone(), s.timeout_seconds))
                 .collect(),
             elements: objects.elements.iter().map(|e| (e.container, e.key.clone())).collect(),
-            no_local_internal: objects.no_local_internal,
-            no_local_external: objects.no_local_external,
+            no_local: objects.no_local,
         }
     }
 }
@@ -220,7 +171,7 @@ impl FamilyState {
 
     /// Records `port` as programmed for `name` (None: gone).
     fn set_port(&mut self, name: ServicePortName, port: Option<ProgrammedPort>) {
-        let count = |p: &ProgrammedPort| (usize::from(p.no_local_internal), usize::from(p.no_local_external));
+        let count = |p: &ProgrammedPort| (usize::from(p.no_local.internal), usize::from(p.no_local.external));
         let old = match port {
             Some(p) => {
                 let (i, e) = count(&p);
@@ -357,24 +308,28 @@ impl NftablesBackend {
         delay
     }
 
-    fn local_addresses(&self) -> Vec<IpAddr> {
-        match &self.settings.nodeport_addresses {
-            NodePortAddresses::Cidrs(_) => crate::sys::interface_addresses(self.sys.runner.as_ref()),
-            _ => Vec::new(),
-        }
-    }
-
     /// Runs `nft` with `args` and optional input; Err on a non-zero exit.
     fn run_nft(&self, args: &[&str], stdin: Option<&[u8]>) -> Result<String, BackendError> {
-        let out = self.sys.runner.run(NFT, args, stdin).map_err(|e| BackendError::Exec {
-            tool: NFT.into(),
-            message: e.to_string(),
-        })?;
-        if out.status != 0 {
-            return Err(BackendError::Apply {
+        let out = self
+            .sys
+            .runner
+            .run(NFT, args, stdin)
+            .map_err(|source| BackendError::Exec {
+                family: None,
                 tool: NFT.into(),
-                message: out.stderr.trim().to_string(),
-                context: stdin.and_then(|input| error_context(&out.stderr, input)),
+                source,
+            })?;
+        if out.status != 0 {
+            let line = number_after(&out.stderr, "stdin:");
+            return Err(BackendError::Apply {
+                // One transaction holds both families: the offending line says which.
+                family: stdin.zip(line).and_then(|(input, n)| line_family(input, n)),
+                tool: NFT.into(),
+                source: ToolFailure {
+                    status: out.status,
+                    stderr: out.stderr.trim().to_string(),
+                },
+                context: stdin.zip(line).and_then(|(input, n)| error_context(input, n)),
             });
         }
         Ok(out.stdout)
@@ -573,11 +528,11 @@ impl Backend for NftablesBackend {
     }
 
     fn sync(&mut self, desired: &DesiredState, changes: &ChangeSet, kind: SyncKind) -> Result<SyncStats, BackendError> {
-        let local_addrs = self.local_addresses();
+        let local_addrs = local_addresses(&self.settings, &self.sys);
         let opts: Vec<RenderOpts> = self
             .families
             .iter()
-            .map(|f| self.settings.render_opts(f.family, &desired.node, &local_addrs))
+            .map(|f| self.settings.render_opts(f.family, &desired.node, &local_addrs, false))
             .collect();
         let partial_ok =
             kind == SyncKind::Partial && self.families.iter().zip(&opts).all(|(f, o)| f.opts.as_ref() == Some(o));
@@ -595,11 +550,8 @@ impl Backend for NftablesBackend {
 
     fn render(&self, desired: &DesiredState) -> String {
         let mut out = String::new();
-        for family in IpFamily::ALL {
-            if family == IpFamily::V6 && desired.ports_of(family).next().is_none() {
-                continue;
-            }
-            let opts = self.settings.render_opts(family, &desired.node, &[]);
+        for family in super::rendered_families(desired) {
+            let opts = self.settings.render_opts(family, &desired.node, &[], false);
             out.push_str(&render::render_full(desired, &opts));
         }
         out
@@ -627,8 +579,8 @@ impl Backend for NftablesBackend {
                 Ok(())
             }
             // Without nft there is nothing of ours to remove.
-            Err(BackendError::Exec { message, .. }) => {
-                debug!(error = %message, "nft cannot run; no nftables tables to remove");
+            Err(e @ BackendError::Exec { .. }) => {
+                debug!(error = %e.chain(), "nft cannot run; no nftables tables to remove");
                 Ok(())
             }
             Err(e) => Err(e),
@@ -847,23 +799,21 @@ pub fn parse_listing(listing: &str) -> Existing {
     out
 }
 
+/// The family of the object on line `line` (1-based) of an nft input:
+/// `… ip kproxy …` or `… ip6 kproxy …`.
+fn line_family(input: &[u8], line: usize) -> Option<IpFamily> {
+    let text = String::from_utf8_lossy(input);
+    let l = text.lines().nth(line.checked_sub(1)?)?;
+    let mut words = l.split_whitespace();
+    words.find_map(|w| match w {
+        "ip" => Some(IpFamily::V4),
+        "ip6" => Some(IpFamily::V6),
+        _ => None,
+    })
+}
+
 /// For an nft error naming a line of its input (`/dev/stdin:12:3-9: Error`),
 /// that line with three lines of context either side, numbered.
-pub fn error_context(stderr: &str, input: &[u8]) -> Option<String> {
-    let idx = stderr.find("stdin:")?;
-    let num: usize = stderr[idx + 6..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
-    let text = String::from_utf8_lossy(input);
-    let lines: Vec<&str> = text.lines().collect();
-    let lo = num.saturating_sub(4);
-    let hi = (num + 3).min(lines.len());
-    let mut out = String::new();
-    for (i, l) in lines.iter().enumerate().take(hi).skip(lo) {
-        let marker = if i + 1 == num { ">" } else { " " };
-        let _ = writeln!(out, "{marker}{:>6} {l}", i + 1);
-    }
-    Some(out)
+pub fn transaction_error_context(stderr: &str, input: &[u8]) -> Option<String> {
+    error_context(input, number_after(stderr, "stdin:")?)
 }

@@ -9,47 +9,27 @@
 //! `no-endpoint-*`, `firewall-ips`, `cluster-ips`), which a partial sync
 //! adds and deletes one by one. The static structure (tables, base chains,
 //! jumps, maps) is declared as data ([`BASE_CHAINS`], [`JUMP_CHAINS`],
-//! [`MAPS`]). Policy (which endpoints, drop or reject) comes from the
-//! model's `EndpointSelection`, never decided here.
+//! [`MAPS`]). Every decision (which endpoints, drop or reject, firewall,
+//! masquerade) comes from the model's [`PortPlan`], never made here.
 
 use std::collections::HashSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-
 use super::names::{self, PortChains, affinity_set};
-use crate::model::{DesiredState, Endpoint, IpFamily, ServicePortState, SessionAffinity, TrafficPolicy};
+pub use crate::backend::settings::{NodePortTargets, RenderOpts};
+use crate::model::{
+    ClusterIpMasquerade, DesiredState, Endpoint, Firewall, FirewallScope, IpFamily, NoLocal, Part, PortPlan, Refusal,
+    Route, ServicePortState,
+};
 
 /// Elements per `add element` command in a full sync (keeps each command,
 /// and nft's memory for it, bounded).
 pub const ELEMENTS_PER_COMMAND: usize = 2000;
 
-/// Per-family rendering options, derived from the configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RenderOpts {
-    pub family: IpFamily,
-    /// The masquerade mark, e.g. 0x4000.
-    pub masquerade_mark: u32,
-    pub masquerade_all: bool,
-    /// Cluster (pod) CIDRs of this family: traffic from elsewhere to a
-    /// cluster IP is masqueraded. Empty: no local-traffic detection.
-    pub local_cidrs: Vec<IpNet>,
-    /// Where NodePorts are accepted.
-    pub nodeports: NodePortTargets,
-    /// The node's IPs of this family (for source-range checks of node traffic).
-    pub node_ips: Vec<IpAddr>,
-}
-
-/// Which destination addresses accept NodePort traffic. Never loopback:
-/// localhost NodePorts do not exist in nftables mode (as in kube-proxy).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NodePortTargets {
-    /// Every local address (`fib daddr type local`).
-    AllLocal,
-    /// These addresses only (the `nodeport-ips` set).
-    Ips(Vec<IpAddr>),
-}
+/// kube-proxy's nftables mode applies the source-range firewall whether or
+/// not the service has endpoints (see [`FirewallScope`]).
+pub const FIREWALL_SCOPE: FirewallScope = FirewallScope::Always;
 
 /// A netfilter chain type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,10 +103,8 @@ pub struct PortObjects {
     pub chains: Vec<Chain>,
     pub sets: Vec<AffinitySet>,
     pub elements: Vec<Element>,
-    /// Internal traffic is dropped: Local policy, no local endpoints.
-    pub no_local_internal: bool,
-    /// External traffic is dropped: Local policy, no local endpoints.
-    pub no_local_external: bool,
+    /// Traffic classes dropped for lack of a local endpoint (metrics).
+    pub no_local: NoLocal,
 }
 
 /// kube-proxy's base chains, hooks and priorities.
@@ -550,59 +528,43 @@ fn static_rules(opts: &RenderOpts) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// What a service port's selection means for its objects.
-struct Plan<'a> {
-    state: &'a ServicePortState,
+/// One service port being rendered: its plan plus the names and spellings
+/// its objects use (no decisions here).
+struct Port<'a> {
+    plan: PortPlan<'a>,
     chains: PortChains,
     /// `ns/name:port`, as comments write it.
     name: String,
     proto: &'static str,
-    family: IpFamily,
-    cluster: &'a [Endpoint],
-    local: &'a [Endpoint],
-    reachable: &'a [Endpoint],
-    has_any: bool,
-    has_internal: bool,
-    has_external: bool,
-    internal_chain: String,
-    external_policy_chain: String,
-    uses_cluster_chain: bool,
-    uses_local_chain: bool,
-    uses_external_chain: bool,
-    uses_fw: bool,
 }
 
 /// Renders one service port for `opts.family`.
 pub fn render_port(state: &ServicePortState, opts: &RenderOpts) -> PortObjects {
-    let plan = plan(state, opts.family);
+    let p = Port {
+        plan: PortPlan::new(state, &opts.plan_context(FIREWALL_SCOPE)),
+        chains: PortChains::new(&state.port.name),
+        name: state.port.name.to_string(),
+        proto: state.port.name.protocol.as_lower(),
+    };
+    let plan = &p.plan;
     let mut out = PortObjects {
-        no_local_internal: plan.has_any && !plan.has_internal,
-        no_local_external: plan.has_any && !plan.has_external && state.port.is_externally_reachable(),
+        no_local: plan.no_local(),
         ..PortObjects::default()
     };
-    cluster_ip_elements(&plan, &mut out);
-    external_ip_elements(&plan, &mut out);
-    load_balancer_elements(&plan, &mut out);
-    node_port_elements(&plan, &mut out);
-    if plan.uses_external_chain {
-        out.chains.push(external_chain(&plan, opts));
-    }
-    if plan.uses_fw {
-        out.chains.push(firewall_chain(&plan, opts));
-    }
-    if plan.uses_cluster_chain {
-        out.chains
-            .push(policy_chain(&plan, &plan.chains.service, plan.cluster, opts));
-    }
-    if plan.uses_local_chain {
-        out.chains
-            .push(policy_chain(&plan, &plan.chains.local, plan.local, opts));
-    }
+    cluster_ip_elements(&p, &mut out);
+    external_ip_elements(&p, &mut out);
+    load_balancer_elements(&p, &mut out);
+    node_port_elements(&p, &mut out);
+    out.chains = plan.map_parts(|part| match part {
+        Part::External => external_chain(&p),
+        Part::Firewall(fw) => firewall_chain(&p, fw),
+        Part::Endpoints(route) => policy_chain(&p, route),
+    });
     for ep in plan.reachable {
         let key = format!("{} . {}", ep.ip, ep.ip);
         out.elements.push(Element::new(names::HAIRPIN, key, None));
     }
-    if let SessionAffinity::ClientIp { timeout_seconds } = state.port.session_affinity {
+    if let Some(timeout_seconds) = plan.affinity {
         out.sets = plan
             .reachable
             .iter()
@@ -615,179 +577,143 @@ pub fn render_port(state: &ServicePortState, opts: &RenderOpts) -> PortObjects {
     out
 }
 
-fn plan(state: &ServicePortState, family: IpFamily) -> Plan<'_> {
-    let port = &state.port;
-    let sel = &state.family(family).selection;
-    let chains = PortChains::new(&port.name);
-    let (internal_chain, has_internal) = match port.internal_policy {
-        TrafficPolicy::Local => (chains.local.clone(), sel.has_any && !sel.local.is_empty()),
-        TrafficPolicy::Cluster => (chains.service.clone(), sel.has_any),
-    };
-    let (external_policy_chain, has_external) = match port.external_policy {
-        TrafficPolicy::Local => (chains.local.clone(), sel.has_any && !sel.local.is_empty()),
-        TrafficPolicy::Cluster => (chains.service.clone(), sel.has_any),
-    };
-    Plan {
-        state,
-        name: port.name.to_string(),
-        proto: port.name.protocol.as_lower(),
-        family,
-        chains,
-        cluster: &sel.cluster,
-        local: &sel.local,
-        reachable: &sel.reachable,
-        has_any: sel.has_any,
-        has_internal,
-        has_external,
-        internal_chain,
-        external_policy_chain,
-        uses_cluster_chain: !sel.cluster.is_empty() && port.uses_cluster_endpoints(),
-        uses_local_chain: !sel.local.is_empty() && port.uses_local_endpoints(),
-        uses_external_chain: sel.has_any && port.is_externally_reachable(),
-        uses_fw: port.load_balancer_ips(family).next().is_some() && port.source_ranges(family).next().is_some(),
-    }
-}
+// === impl Port ===
 
-/// The verdict for traffic without endpoints to go to: reject when the
-/// service has none at all, drop when only local ones are missing.
-fn no_endpoint_verdict(plan: &Plan<'_>) -> String {
-    if plan.has_any {
-        "drop".to_string()
-    } else {
-        format!("goto {}", names::REJECT_CHAIN)
+impl Port<'_> {
+    /// The chain that balances over a forwarding route's endpoints.
+    fn route_chain(&self, route: Route) -> &str {
+        match route {
+            Route::Local => &self.chains.local,
+            _ => &self.chains.service,
+        }
     }
-}
 
-/// `ip . proto . port`.
-fn vip_key(plan: &Plan<'_>, ip: &IpAddr) -> String {
-    format!("{ip} . {} . {}", plan.proto, plan.state.port.port)
+    /// `ip . proto . port`.
+    fn vip_key(&self, ip: &IpAddr) -> String {
+        format!("{ip} . {} . {}", self.proto, self.plan.state.port.port)
+    }
+
+    /// The `no-endpoint-*` element refusing `key`, when `route` refuses.
+    fn refusal_element(&self, container: &'static str, key: String, route: Route) -> Option<Element> {
+        let verdict = match route.refusal()? {
+            Refusal::Drop => "drop".to_string(),
+            Refusal::Reject => format!("goto {}", names::REJECT_CHAIN),
+        };
+        Some(Element::new(container, key, Some(verdict)).with_comment(&self.name))
+    }
 }
 
 fn goto(chain: &str) -> Option<String> {
     Some(format!("goto {chain}"))
 }
 
-fn cluster_ip_elements(plan: &Plan<'_>, out: &mut PortObjects) {
-    let Some(ip) = plan.state.port.cluster_ip(plan.family) else {
+fn cluster_ip_elements(p: &Port<'_>, out: &mut PortObjects) {
+    let Some(ip) = p.plan.state.port.cluster_ip(p.plan.family) else {
         return;
     };
     out.elements
         .push(Element::new(names::CLUSTER_IPS, ip.to_string(), None));
-    let key = vip_key(plan, &ip);
-    if plan.has_internal {
-        out.elements
-            .push(Element::new(names::SERVICE_IPS, key, goto(&plan.internal_chain)));
+    let key = p.vip_key(&ip);
+    if p.plan.internal.forwards() {
+        let chain = p.route_chain(p.plan.internal);
+        out.elements.push(Element::new(names::SERVICE_IPS, key, goto(chain)));
     } else {
-        let e = Element::new(names::NO_ENDPOINT_SERVICES, key, Some(no_endpoint_verdict(plan)));
-        out.elements.push(e.with_comment(&plan.name));
+        out.elements
+            .extend(p.refusal_element(names::NO_ENDPOINT_SERVICES, key, p.plan.internal));
     }
 }
 
-fn external_ip_elements(plan: &Plan<'_>, out: &mut PortObjects) {
-    for ip in plan.state.port.external_ips(plan.family) {
-        external_vip_elements(plan, &ip, out);
+fn external_ip_elements(p: &Port<'_>, out: &mut PortObjects) {
+    for ip in p.plan.state.port.external_ips(p.plan.family) {
+        external_vip_elements(p, &ip, out);
     }
 }
 
 /// The elements of an external IP or a load-balancer IP.
-fn external_vip_elements(plan: &Plan<'_>, ip: &IpAddr, out: &mut PortObjects) {
-    let key = vip_key(plan, ip);
-    if plan.has_any {
-        out.elements.push(Element::new(
-            names::SERVICE_IPS,
-            key.clone(),
-            goto(&plan.chains.external),
-        ));
+fn external_vip_elements(p: &Port<'_>, ip: &IpAddr, out: &mut PortObjects) {
+    let key = p.vip_key(ip);
+    if p.plan.dispatches_external() {
+        out.elements
+            .push(Element::new(names::SERVICE_IPS, key.clone(), goto(&p.chains.external)));
     }
-    if !plan.has_external {
-        let e = Element::new(names::NO_ENDPOINT_SERVICES, key, Some(no_endpoint_verdict(plan)));
-        out.elements.push(e.with_comment(&plan.name));
-    }
+    out.elements
+        .extend(p.refusal_element(names::NO_ENDPOINT_SERVICES, key, p.plan.external));
 }
 
-fn load_balancer_elements(plan: &Plan<'_>, out: &mut PortObjects) {
-    for ip in plan.state.port.load_balancer_ips(plan.family) {
-        external_vip_elements(plan, &ip, out);
-        if plan.uses_fw {
-            let e = Element::new(names::FIREWALL_IPS, vip_key(plan, &ip), goto(&plan.chains.firewall));
-            out.elements.push(e.with_comment(&plan.name));
+fn load_balancer_elements(p: &Port<'_>, out: &mut PortObjects) {
+    for ip in p.plan.state.port.load_balancer_ips(p.plan.family) {
+        external_vip_elements(p, &ip, out);
+        if p.plan.firewall.is_some() {
+            let e = Element::new(names::FIREWALL_IPS, p.vip_key(&ip), goto(&p.chains.firewall));
+            out.elements.push(e.with_comment(&p.name));
         }
     }
 }
 
-fn node_port_elements(plan: &Plan<'_>, out: &mut PortObjects) {
-    let node_port = plan.state.port.node_port;
+fn node_port_elements(p: &Port<'_>, out: &mut PortObjects) {
+    let node_port = p.plan.state.port.node_port;
     if node_port == 0 {
         return;
     }
-    let key = format!("{} . {node_port}", plan.proto);
-    if plan.has_any {
+    let key = format!("{} . {node_port}", p.proto);
+    if p.plan.dispatches_external() {
         out.elements.push(Element::new(
             names::SERVICE_NODEPORTS,
             key.clone(),
-            goto(&plan.chains.external),
+            goto(&p.chains.external),
         ));
     }
-    if !plan.has_external {
-        let e = Element::new(names::NO_ENDPOINT_NODEPORTS, key, Some(no_endpoint_verdict(plan)));
-        out.elements.push(e.with_comment(&plan.name));
-    }
+    out.elements
+        .extend(p.refusal_element(names::NO_ENDPOINT_NODEPORTS, key, p.plan.external));
 }
 
 /// `external-…`: external traffic, masqueraded unless the policy is Local,
 /// where pod and node traffic is short-circuited to the cluster chain.
-fn external_chain(plan: &Plan<'_>, opts: &RenderOpts) -> Chain {
+fn external_chain(p: &Port<'_>) -> Chain {
     let mut rules = Vec::new();
     let mark = names::MARK_FOR_MASQUERADE;
-    match plan.state.port.external_policy {
-        TrafficPolicy::Cluster => rules.push(format!("jump {mark}")),
-        TrafficPolicy::Local => {
-            let service = &plan.chains.service;
-            if plan.uses_cluster_chain && !opts.local_cidrs.is_empty() {
-                let cidrs: Vec<String> = opts.local_cidrs.iter().map(ToString::to_string).collect();
-                rules.push(format!(
-                    "{} {} goto {service} comment \"short-circuit pod traffic\"",
-                    addr(plan.family, "saddr"),
-                    one_or_set(&cidrs)
-                ));
-            }
+    let masq = &p.plan.masquerade;
+    let service = &p.chains.service;
+    let to_cluster = p.plan.uses_cluster_endpoints();
+    if masq.external {
+        rules.push(format!("jump {mark}"));
+    }
+    if to_cluster && !masq.pods_to_cluster.is_empty() {
+        let cidrs: Vec<String> = masq.pods_to_cluster.iter().map(ToString::to_string).collect();
+        rules.push(format!(
+            "{} {} goto {service} comment \"short-circuit pod traffic\"",
+            addr(p.plan.family, "saddr"),
+            one_or_set(&cidrs)
+        ));
+    }
+    if masq.local_origin_to_cluster {
+        rules.push(format!(
+            "fib saddr type local jump {mark} comment \"masquerade local traffic\""
+        ));
+        if to_cluster {
             rules.push(format!(
-                "fib saddr type local jump {mark} comment \"masquerade local traffic\""
+                "fib saddr type local goto {service} comment \"short-circuit local traffic\""
             ));
-            if plan.uses_cluster_chain {
-                rules.push(format!(
-                    "fib saddr type local goto {service} comment \"short-circuit local traffic\""
-                ));
-            }
         }
     }
-    if plan.has_external {
-        rules.push(format!("goto {}", plan.external_policy_chain));
+    if p.plan.external.forwards() {
+        rules.push(format!("goto {}", p.route_chain(p.plan.external)));
     }
     Chain {
-        name: plan.chains.external.clone(),
+        name: p.chains.external.clone(),
         rules,
     }
 }
 
 /// `firewall-…`: drop load-balancer traffic from outside the source ranges.
-fn firewall_chain(plan: &Plan<'_>, opts: &RenderOpts) -> Chain {
-    let port = &plan.state.port;
-    let mut sources: Vec<String> = Vec::new();
-    let mut allow_from_node = false;
-    for cidr in port.source_ranges(plan.family) {
-        sources.push(cidr.to_string());
-        allow_from_node |= opts.node_ips.iter().any(|ip| cidr.contains(ip));
-    }
-    if allow_from_node {
-        // The LB VIP is often local: node → VIP loops back with the VIP as source.
-        sources.extend(port.load_balancer_ips(plan.family).map(|ip| ip.to_string()));
-    }
+fn firewall_chain(p: &Port<'_>, fw: &Firewall) -> Chain {
+    let mut sources: Vec<String> = fw.source_ranges.iter().map(ToString::to_string).collect();
+    sources.extend(fw.node_allowance.iter().map(ToString::to_string));
     Chain {
-        name: plan.chains.firewall.clone(),
+        name: p.chains.firewall.clone(),
         rules: vec![format!(
             "{} != {} drop",
-            addr(plan.family, "saddr"),
+            addr(p.plan.family, "saddr"),
             one_or_set(&sources)
         )],
     }
@@ -798,43 +724,46 @@ fn firewall_chain(plan: &Plan<'_>, opts: &RenderOpts) -> Chain {
 /// endpoint, DNAT included: endpoint i of n is taken with probability
 /// 1/(n-i). No chain per endpoint: every `nft -f` dumps all chains, in
 /// quadratic time (README.md).
-fn policy_chain(plan: &Plan<'_>, chain: &str, endpoints: &[Endpoint], opts: &RenderOpts) -> Chain {
+fn policy_chain(p: &Port<'_>, route: Route) -> Chain {
+    let plan = &p.plan;
+    let family = plan.family;
+    let endpoints = plan.endpoints(route);
     let mut rules = Vec::new();
-    if chain == plan.internal_chain
-        && plan.has_internal
-        && let Some(ip) = plan.state.port.cluster_ip(plan.family)
+    if plan.internal == route
+        && let Some(ip) = plan.state.port.cluster_ip(family)
     {
         let head = format!(
             "{} {ip} {} dport {}",
-            addr(plan.family, "daddr"),
-            plan.proto,
+            addr(family, "daddr"),
+            p.proto,
             plan.state.port.port
         );
         let mark = names::MARK_FOR_MASQUERADE;
-        if opts.masquerade_all {
-            rules.push(format!("{head} jump {mark}"));
-        } else if !opts.local_cidrs.is_empty() {
-            let cidrs: Vec<String> = opts.local_cidrs.iter().map(ToString::to_string).collect();
-            rules.push(format!(
-                "{head} {} != {} jump {mark}",
-                addr(plan.family, "saddr"),
-                one_or_set(&cidrs)
-            ));
+        match &plan.masquerade.cluster_ip {
+            ClusterIpMasquerade::All => rules.push(format!("{head} jump {mark}")),
+            ClusterIpMasquerade::NotFrom(cidrs) => {
+                let cidrs: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+                rules.push(format!(
+                    "{head} {} != {} jump {mark}",
+                    addr(family, "saddr"),
+                    one_or_set(&cidrs)
+                ));
+            }
+            ClusterIpMasquerade::Nothing => {}
         }
     }
-    let affinity = matches!(plan.state.port.session_affinity, SessionAffinity::ClientIp { .. });
-    let saddr = addr(plan.family, "saddr");
+    let saddr = addr(family, "saddr");
     // Remembering the client (affinity), then the DNAT itself.
     let to = |ep: &Endpoint| {
-        let dnat = format!("meta l4proto {} dnat to {ep}", plan.proto);
-        if affinity {
+        let dnat = format!("meta l4proto {} dnat to {ep}", p.proto);
+        if plan.affinity.is_some() {
             let set = affinity_set(&plan.state.port.name, ep);
             format!("update @{set} {{ {saddr} }} {dnat}")
         } else {
             dnat
         }
     };
-    if affinity {
+    if plan.affinity.is_some() {
         for ep in endpoints {
             let set = affinity_set(&plan.state.port.name, ep);
             rules.push(format!("{saddr} @{set} {}", to(ep)));
@@ -849,7 +778,7 @@ fn policy_chain(plan: &Plan<'_>, chain: &str, endpoints: &[Endpoint], opts: &Ren
         }
     }
     Chain {
-        name: chain.to_string(),
+        name: p.route_chain(route).to_string(),
         rules,
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::config::NodePortAddresses;
 use crate::model::builders::{mk_node, mk_service, mk_slice};
 use crate::model::{Model, SelectionOptions};
 use crate::sys::{CommandOutput, FakeCall, FakeRunner};
@@ -13,6 +14,8 @@ fn settings() -> Settings {
         masquerade_all: false,
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
         nodeport_addresses: NodePortAddresses::All,
+        localhost_nodeports: false,
+        conntrack_liberal: false,
     }
 }
 

@@ -10,6 +10,7 @@
 mod builders;
 mod endpoints;
 mod node;
+mod plan;
 mod selection;
 mod service;
 mod tracker;
