@@ -20,9 +20,15 @@ mod vm;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use kproxy::backend::ipvs::{Clients, IpvsBackend, IpvsOpts};
+use kproxy::backend::{Backend, Settings, SyncKind};
+use kproxy::config::NodePortAddresses;
+use kproxy::model::builders::{mk_node, mk_service, mk_slice};
+use kproxy::model::{Model, SelectionOptions};
 use kproxy::sys::ipvs::{Protocol, RealServer, ServiceKey, Timeouts, VirtualServer};
-use kproxy::sys::{Ipvs, Links, NetlinkIpvs, RtnlLinks};
+use kproxy::sys::{Ipvs, Links, NetlinkIpvs, RtnlLinks, Sys};
 use netns::{Netns, Topology, vip4, vip6};
+use std::sync::Arc;
 
 /// The #[test] that runs the in-VM body.
 const IN_VM_TEST: &str = "in_vm_suite";
@@ -47,6 +53,10 @@ const CHECKS: &[(&str, fn())] = &[
     (
         "dummy_interface_holds_addresses_and_stays_down",
         dummy_interface_holds_addresses_and_stays_down,
+    ),
+    (
+        "backend_programs_services_and_changes_only_what_changed",
+        backend_programs_services_and_changes_only_what_changed,
     ),
 ];
 
@@ -94,6 +104,11 @@ fn ipvs_client_reads_and_sets_timeouts() {
 #[test]
 fn rtnetlink_dummy_interface_holds_addresses_and_stays_down() {
     expect("dummy_interface_holds_addresses_and_stays_down");
+}
+
+#[test]
+fn ipvs_backend_programs_services_and_changes_only_what_changed() {
+    expect("backend_programs_services_and_changes_only_what_changed");
 }
 
 // --- in the VM ---------------------------------------------------------------
@@ -354,4 +369,111 @@ fn dummy_interface_holds_addresses_and_stays_down() {
     assert!(links.delete_link(DUMMY).expect("delete link"));
     assert!(!links.delete_link(DUMMY).expect("gone"));
     assert!(links.addresses(DUMMY).is_err(), "no interface, no addresses");
+}
+
+/// The ipvs backend in the node namespace: a ClusterIP + NodePort service
+/// answers from the client through both pods; an endpoint change touches
+/// only that real server; a second backend (a restart) finds nothing to
+/// change; a foreign virtual server survives sync and `--cleanup`.
+fn backend_programs_services_and_changes_only_what_changed() {
+    let topo = Topology::builder().pods(2).build();
+    topo.start_servers(8080, 8080);
+    let node = topo.node();
+    let client = topo.client();
+    node.exec_ok(&["ipvsadm", "-A", "-t", "198.18.9.9:443", "-s", "wrr"]);
+    let foreign = ipvsadm_save(node);
+    let (ipvs, links) = clients(node);
+    let clients = Clients {
+        ipvs: Arc::new(ipvs),
+        links: Arc::new(links),
+    };
+    let settings = Settings {
+        masquerade_mark: 0x4000,
+        masquerade_all: false,
+        cluster_cidrs: vec!["198.18.1.0/24".parse().expect("cidr")],
+        nodeport_addresses: NodePortAddresses::Primary,
+        localhost_nodeports: false,
+        conntrack_liberal: false,
+    };
+    let backend = || {
+        IpvsBackend::with_clients(
+            Sys::in_netns(node.name()),
+            settings.clone(),
+            IpvsOpts::default(),
+            clients.clone(),
+        )
+    };
+    let node_ip = topo.node_ext_ip().to_string();
+    let mut m = Model::new("node", SelectionOptions::default());
+    m.set_node(Some(&mk_node("node").internal_ip(&node_ip).build()));
+    let vip = vip4(10);
+    m.apply_service(
+        &mk_service("default", "web")
+            .type_("NodePort")
+            .cluster_ip(&vip.to_string())
+            .node_port("http", 80, "TCP", 30080)
+            .build(),
+    );
+    let pods: Vec<String> = (0..2).map(|i| topo.pod_ip(i).to_string()).collect();
+    let slice = |ips: &[&str]| {
+        mk_slice("default", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoints(ips)
+            .build()
+    };
+    m.apply_slice(&slice(&[&pods[0], &pods[1]]));
+    let mut b = backend();
+    let sync = |b: &mut IpvsBackend, m: &mut Model, kind| {
+        let (desired, changes) = (m.desired(), m.changes());
+        let stats = b.sync(&desired, &changes, kind).expect("sync");
+        m.ack(&changes);
+        stats
+    };
+
+    let cip = SocketAddr::new(IpAddr::V4(vip), 80);
+    let nodeport = SocketAddr::new(IpAddr::V4(topo.node_ext_ip()), 30080);
+    assert!(
+        !client.tally_tcp(cip, 1, TIMEOUT).contains_key("pod0"),
+        "nothing before the sync"
+    );
+    sync(&mut b, &mut m, SyncKind::Full);
+    for addr in [cip, nodeport] {
+        let tally = client.tally_tcp(addr, 4, TIMEOUT);
+        assert_eq!(
+            (tally.get("pod0"), tally.get("pod1")),
+            (Some(&2), Some(&2)),
+            "{addr}: {tally:?}"
+        );
+    }
+
+    // pod1 goes: exactly its two real servers are deleted.
+    m.apply_slice(&slice(&[&pods[0]]));
+    let stats = sync(&mut b, &mut m, SyncKind::Partial);
+    assert_eq!(stats.rules_written, 2, "one real server per virtual server");
+    let tally = client.tally_tcp(cip, 4, TIMEOUT);
+    assert_eq!(tally.get("pod0"), Some(&4), "{tally:?}");
+
+    // A restart: a new backend lists the kernel and finds nothing to change.
+    let mut restarted = backend();
+    let mut m2 = Model::new("node", SelectionOptions::default());
+    m2.set_node(Some(&mk_node("node").internal_ip(&node_ip).build()));
+    m2.apply_service(
+        &mk_service("default", "web")
+            .type_("NodePort")
+            .cluster_ip(&vip.to_string())
+            .node_port("http", 80, "TCP", 30080)
+            .build(),
+    );
+    m2.apply_slice(&slice(&[&pods[0]]));
+    assert_eq!(sync(&mut restarted, &mut m2, SyncKind::Full).rules_written, 0);
+
+    let save = ipvsadm_save(node);
+    assert!(save.contains(foreign.trim()), "foreign kept by syncs: {save}");
+    restarted.cleanup().expect("cleanup");
+    let left = ipvsadm_save(node);
+    assert!(
+        left.contains(foreign.trim()) && !left.contains(&vip.to_string()),
+        "{left}"
+    );
+    assert!(node.ip(&["link", "show", "kube-ipvs0"]).is_err(), "kube-ipvs0 removed");
 }

@@ -97,6 +97,14 @@ pub enum BackendError {
         #[source]
         source: RunError,
     },
+    /// The kernel refused a netlink request (ipvs mode: IPVS, rtnetlink);
+    /// the source names the operation and the object.
+    #[error("the kernel refused a {mode} mode change")]
+    Kernel {
+        mode: ProxyMode,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The mode is not available in this build or on this kernel.
     #[error("proxy mode {0} is not available: {1}")]
     Unavailable(ProxyMode, String),
@@ -173,7 +181,11 @@ pub fn for_mode(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Result<Box
 /// touching the kernel; None when the mode has no renderer yet.
 pub fn renderer(cfg: &crate::config::Config) -> Option<Box<dyn Backend>> {
     let unused = crate::sys::Sys::fake(crate::sys::FakeRunner::new());
-    for_mode(cfg, unused).ok()
+    match cfg.mode {
+        // Renders its virtual servers already; cannot program the node yet.
+        ProxyMode::Ipvs => Some(Box::new(ipvs_backend(cfg, unused))),
+        _ => for_mode(cfg, unused).ok(),
+    }
 }
 
 /// One backend per mode, for `--cleanup`.
@@ -181,17 +193,24 @@ pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Bo
     vec![
         Box::new(iptables_backend(cfg, sys.clone())),
         Box::new(nftables_backend(cfg, sys.clone())),
-        Box::new(ipvs::IpvsBackend::new(sys)),
+        Box::new(ipvs_backend(cfg, sys)),
     ]
 }
 
-/// The backends of every mode but `mode`: their leftovers are removed when
-/// kproxy starts, as kube-proxy does when it starts in one mode.
+/// The backends of every mode but `mode` whose leftovers are removed when
+/// kproxy starts, as kube-proxy does when it starts in one mode: iptables
+/// and nftables. IPVS state is left alone (kube-proxy does not clean it
+/// when starting in another mode, and other software may use IPVS);
+/// `--cleanup` removes it.
 pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
     all_backends(cfg, sys)
         .into_iter()
-        .filter(|b| b.mode() != cfg.mode)
+        .filter(|b| b.mode() != cfg.mode && b.mode() != ProxyMode::Ipvs)
         .collect()
+}
+
+fn ipvs_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> ipvs::IpvsBackend {
+    ipvs::IpvsBackend::new(sys, Settings::from_config(cfg), ipvs::IpvsOpts::default())
 }
 
 fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {

@@ -1,0 +1,405 @@
+//! The ipvs mode: kube-proxy's IPVS datapath, programmed over netlink.
+//!
+//! ```text
+//!  DesiredState ──render::render_ruleset──▶ IpvsRuleset (virtual servers, real servers, kube-ipvs0 addresses)
+//!                                               │ diff against
+//!        Full sync:    the kernel, as listed (only what kproxy owns) ──┐
+//!        Partial sync: what the last sync programmed ─────────────────┤
+//!                                                                      ▼
+//!                 sys::Ipvs (generic netlink) + sys::Links (rtnetlink): only the changed objects
+//! ```
+//!
+//! Status (#10): virtual servers for ClusterIPs, externalIPs, load-balancer
+//! IPs and NodePorts with masquerading real servers, scheduler and
+//! persistence, and the `kube-ipvs0` addresses are rendered and applied
+//! incrementally. Not yet: kube-proxy's ipsets and iptables chains
+//! (masquerade, hairpin, NodePort and source-range filtering), graceful
+//! termination, sysctls and timeouts, `excludeCIDRs`; so [`super::for_mode`]
+//! still refuses the mode.
+//!
+//! Ownership: kproxy changes only virtual servers it programs: those on an
+//! address bound to `kube-ipvs0` (which holds only service addresses), those
+//! it wants, and those it programmed earlier. Other software's virtual
+//! servers (keepalived, other balancers) are never touched, and the IPVS
+//! table is never flushed. `--cleanup` removes the virtual servers on
+//! `kube-ipvs0` addresses, the interface and kube-proxy's own ipsets.
+
+pub mod names;
+pub mod render;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tracing::{debug, info};
+
+pub use names::DUMMY_INTERFACE;
+pub use render::{DesiredService, FamilyInput, IpvsOpts, IpvsRuleset};
+
+use super::{Backend, BackendError, NodePortTargets, Settings, SyncKind, SyncStats};
+use crate::config::ProxyMode;
+use crate::model::{ChangeSet, DesiredState, FirewallScope, IpFamily};
+use crate::sys::ipvs::{RealServer, ServiceKey, VirtualServer};
+use crate::sys::{Ipvs, IpvsError, LinkError, Links, NetlinkIpvs, RtnlLinks, Sys};
+
+/// The kernel clients the mode programs through.
+#[derive(Clone)]
+pub struct Clients {
+    pub ipvs: Arc<dyn Ipvs>,
+    pub links: Arc<dyn Links>,
+}
+
+/// Real servers of one virtual server, by address and port.
+type Reals = BTreeMap<(IpAddr, u16), RealServer>;
+
+/// What kproxy owns in the kernel (or wants there): virtual servers with
+/// their real servers, and the addresses on `kube-ipvs0`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KernelState {
+    services: BTreeMap<ServiceKey, (VirtualServer, Reals)>,
+    addresses: BTreeSet<IpAddr>,
+}
+
+/// The ipvs-mode backend.
+pub struct IpvsBackend {
+    sys: Sys,
+    settings: Settings,
+    opts: IpvsOpts,
+    clients: Option<Clients>,
+    /// What the last successful sync left in the kernel; None: unknown
+    /// (start, or after a failure), so the next sync lists the kernel.
+    programmed: Option<KernelState>,
+}
+
+// === impl Clients ===
+
+impl Clients {
+    /// Netlink clients in this process's network namespace.
+    pub fn open() -> Result<Self, BackendError> {
+        let ipvs = NetlinkIpvs::open().map_err(|e| match e {
+            IpvsError::Unavailable(_) => BackendError::Unavailable(ProxyMode::Ipvs, e.to_string()),
+            e => kernel_err(e),
+        })?;
+        let links = RtnlLinks::open().map_err(kernel_err)?;
+        Ok(Self {
+            ipvs: Arc::new(ipvs),
+            links: Arc::new(links),
+        })
+    }
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clients")
+    }
+}
+
+fn kernel_err(e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
+    BackendError::Kernel {
+        mode: ProxyMode::Ipvs,
+        source: Box::new(e),
+    }
+}
+
+// === impl KernelState ===
+
+impl From<&IpvsRuleset> for KernelState {
+    fn from(r: &IpvsRuleset) -> Self {
+        Self {
+            services: r
+                .services
+                .iter()
+                .map(|(k, d)| (*k, (d.server.clone(), d.reals.clone())))
+                .collect(),
+            addresses: r.addresses.clone(),
+        }
+    }
+}
+
+/// Counts of what one apply changed.
+#[derive(Debug, Default)]
+struct Applied {
+    /// Virtual servers added, edited or deleted.
+    services: usize,
+    /// Real servers added, edited or deleted.
+    reals: usize,
+    /// Addresses added or removed.
+    addresses: usize,
+}
+
+// === impl IpvsBackend ===
+
+impl IpvsBackend {
+    /// The backend on the real kernel; netlink clients are opened at the
+    /// first sync or cleanup.
+    pub fn new(sys: Sys, settings: Settings, opts: IpvsOpts) -> Self {
+        Self {
+            sys,
+            settings,
+            opts,
+            clients: None,
+            programmed: None,
+        }
+    }
+
+    /// With given clients (fakes in unit tests, a namespace's in VM tests).
+    pub fn with_clients(sys: Sys, settings: Settings, opts: IpvsOpts, clients: Clients) -> Self {
+        Self {
+            clients: Some(clients),
+            ..Self::new(sys, settings, opts)
+        }
+    }
+
+    fn clients(&mut self) -> Result<Clients, BackendError> {
+        if let Some(c) = &self.clients {
+            return Ok(c.clone());
+        }
+        let c = Clients::open()?;
+        self.clients = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Per family: the plan context and the NodePort addresses. With
+    /// every local address accepting NodePorts, `local` lists them (the
+    /// service addresses on `kube-ipvs0` and loopback are left out).
+    fn family_inputs(&self, desired: &DesiredState, local: &[IpAddr]) -> Vec<FamilyInput> {
+        let vips: BTreeSet<IpAddr> = desired
+            .ports
+            .values()
+            .flat_map(|s| IpFamily::ALL.into_iter().flat_map(|f| s.port.vips(f)))
+            .map(|v| match v {
+                crate::model::Vip::ClusterIp(ip)
+                | crate::model::Vip::ExternalIp(ip)
+                | crate::model::Vip::LoadBalancer(ip) => ip,
+            })
+            .collect();
+        IpFamily::ALL
+            .into_iter()
+            .filter(|f| desired.ports_of(*f).next().is_some())
+            .map(|family| {
+                let opts = self.settings.render_opts(family, &desired.node, local, false);
+                let nodeport_ips = match &opts.nodeports {
+                    NodePortTargets::Ips(ips) => ips.clone(),
+                    NodePortTargets::AllLocal => {
+                        let all = if local.is_empty() { &opts.node_ips[..] } else { local };
+                        all.iter()
+                            .copied()
+                            .filter(|ip| IpFamily::of(ip) == family && !ip.is_loopback() && !vips.contains(ip))
+                            .collect()
+                    }
+                };
+                FamilyInput {
+                    ctx: opts.plan_context(FirewallScope::WithEndpoints),
+                    nodeport_ips,
+                }
+            })
+            .collect()
+    }
+
+    /// The ruleset a sync on this node would program.
+    pub fn ruleset(&self, desired: &DesiredState, local: &[IpAddr]) -> IpvsRuleset {
+        render::render_ruleset(desired, &self.family_inputs(desired, local), &self.opts)
+    }
+}
+
+/// What kproxy owns in the kernel now: virtual servers on `kube-ipvs0`
+/// addresses, wanted ones, and earlier-programmed ones; with their real
+/// servers. Creates `kube-ipvs0` if it is missing.
+fn read_kernel(c: &Clients, want: &KernelState, before: Option<&KernelState>) -> Result<KernelState, BackendError> {
+    if c.links.ensure_dummy(DUMMY_INTERFACE).map_err(kernel_err)? {
+        info!(interface = DUMMY_INTERFACE, "Created the service address interface");
+    }
+    let addresses: BTreeSet<IpAddr> = c
+        .links
+        .addresses(DUMMY_INTERFACE)
+        .map_err(kernel_err)?
+        .into_iter()
+        .collect();
+    let owned = |key: &ServiceKey| {
+        let on_dummy = match key {
+            ServiceKey::Addr { addr, .. } => addresses.contains(addr),
+            ServiceKey::Fwmark { .. } => false,
+        };
+        on_dummy || want.services.contains_key(key) || before.is_some_and(|b| b.services.contains_key(key))
+    };
+    let mut services = BTreeMap::new();
+    for vs in c.ipvs.services().map_err(kernel_err)? {
+        if !owned(&vs.key) {
+            continue;
+        }
+        let reals = c
+            .ipvs
+            .destinations(&vs.key)
+            .map_err(kernel_err)?
+            .into_iter()
+            .map(|d| ((d.server.addr, d.server.port), d.server))
+            .collect();
+        services.insert(vs.key, (vs, reals));
+    }
+    Ok(KernelState { services, addresses })
+}
+
+/// Changes the kernel from `cur` to `want`, object by object: addresses
+/// first (a virtual server's address must be local before traffic
+/// arrives), then virtual and real servers, then stale servers and
+/// addresses.
+fn apply_diff(c: &Clients, cur: &KernelState, want: &KernelState) -> Result<Applied, BackendError> {
+    let mut n = Applied::default();
+    for addr in want.addresses.difference(&cur.addresses) {
+        c.links.add_address(DUMMY_INTERFACE, *addr).map_err(kernel_err)?;
+        n.addresses += 1;
+    }
+    for (key, (vs, reals)) in &want.services {
+        let empty = Reals::new();
+        let cur_reals = match cur.services.get(key) {
+            None => {
+                c.ipvs.add_service(vs).map_err(kernel_err)?;
+                n.services += 1;
+                &empty
+            }
+            Some((cur_vs, cur_reals)) => {
+                if cur_vs != vs {
+                    c.ipvs.update_service(vs).map_err(kernel_err)?;
+                    n.services += 1;
+                }
+                cur_reals
+            }
+        };
+        n.reals += apply_reals(c, key, cur_reals, reals)?;
+    }
+    for key in cur.services.keys().filter(|k| !want.services.contains_key(k)) {
+        c.ipvs.delete_service(key).map_err(kernel_err)?;
+        n.services += 1;
+    }
+    for addr in cur.addresses.difference(&want.addresses) {
+        c.links.delete_address(DUMMY_INTERFACE, *addr).map_err(kernel_err)?;
+        n.addresses += 1;
+    }
+    Ok(n)
+}
+
+/// Adds, edits and deletes the real servers of one virtual server.
+fn apply_reals(c: &Clients, key: &ServiceKey, cur: &Reals, want: &Reals) -> Result<usize, BackendError> {
+    let mut n = 0;
+    for (id, real) in want {
+        match cur.get(id) {
+            None => c.ipvs.add_destination(key, real).map_err(kernel_err)?,
+            Some(have) if have != real => c.ipvs.update_destination(key, real).map_err(kernel_err)?,
+            Some(_) => continue,
+        }
+        n += 1;
+    }
+    for (addr, port) in cur.keys().filter(|id| !want.contains_key(id)) {
+        c.ipvs.delete_destination(key, *addr, *port).map_err(kernel_err)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+impl Backend for IpvsBackend {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Ipvs
+    }
+
+    fn sync(&mut self, desired: &DesiredState, changes: &ChangeSet, kind: SyncKind) -> Result<SyncStats, BackendError> {
+        let clients = self.clients()?;
+        let local = if matches!(
+            self.settings.nodeport_addresses,
+            crate::config::NodePortAddresses::Primary
+        ) {
+            Vec::new()
+        } else {
+            crate::sys::interface_addresses(self.sys.runner.as_ref())
+        };
+        let ruleset = self.ruleset(desired, &local);
+        let want = KernelState::from(&ruleset);
+        let cur = match (&self.programmed, kind) {
+            (Some(p), SyncKind::Partial) => p.clone(),
+            (before, _) => read_kernel(&clients, &want, before.as_ref())?,
+        };
+        // Until this sync succeeds, nothing is known about the kernel.
+        self.programmed = None;
+        let applied = apply_diff(&clients, &cur, &want)?;
+        debug!(
+            kind = ?kind,
+            changed_ports = changes.ports.len(),
+            services = applied.services,
+            reals = applied.reals,
+            addresses = applied.addresses,
+            "ipvs sync"
+        );
+        self.programmed = Some(want);
+        Ok(SyncStats {
+            ports_written: changes.ports.len(),
+            ports_total: desired.ports.len(),
+            rules_written: applied.services + applied.reals + applied.addresses,
+            bytes_written: 0,
+            families: Vec::new(),
+        })
+    }
+
+    fn render(&self, desired: &DesiredState) -> String {
+        let r = self.ruleset(desired, &[]);
+        format!(
+            "# ipvs mode (virtual and real servers as `ipvsadm-save -n` lists them)\n{}\
+             # {DUMMY_INTERFACE} addresses\n{}",
+            render::render_save(&r),
+            render::render_addresses(&r)
+        )
+    }
+
+    fn cleanup(&mut self) -> Result<(), BackendError> {
+        let mut removed = Vec::new();
+        let links: Arc<dyn Links> = match &self.clients {
+            Some(c) => c.links.clone(),
+            None => Arc::new(RtnlLinks::open().map_err(kernel_err)?),
+        };
+        let addresses: BTreeSet<IpAddr> = match links.addresses(DUMMY_INTERFACE) {
+            Ok(a) => a.into_iter().collect(),
+            Err(LinkError::NoSuchLink(_)) => BTreeSet::new(),
+            Err(e) => return Err(kernel_err(e)),
+        };
+        // Virtual servers on kube-ipvs0's addresses only; where the kernel
+        // has IPVS at all.
+        let ipvs: Option<Arc<dyn Ipvs>> = match &self.clients {
+            Some(c) => Some(c.ipvs.clone()),
+            None => NetlinkIpvs::open().ok().map(|i| Arc::new(i) as Arc<dyn Ipvs>),
+        };
+        if let Some(ipvs) = ipvs.filter(|_| !addresses.is_empty()) {
+            for vs in ipvs.services().map_err(kernel_err)? {
+                if let ServiceKey::Addr { addr, .. } = vs.key
+                    && addresses.contains(&addr)
+                {
+                    ipvs.delete_service(&vs.key).map_err(kernel_err)?;
+                    removed.push(format!("virtual server {}", vs.key));
+                }
+            }
+        }
+        if links.delete_link(DUMMY_INTERFACE).map_err(kernel_err)? {
+            removed.push(DUMMY_INTERFACE.to_string());
+        }
+        // kube-proxy's ipsets (after the iptables cleanup dropped their users).
+        if let Ok(out) = self.sys.runner.run("ipset", &["list", "-n"], None)
+            && out.status == 0
+        {
+            for set in out.stdout.lines().map(str::trim).filter(|s| names::is_kube_ipset(s)) {
+                if self
+                    .sys
+                    .runner
+                    .run("ipset", &["destroy", set], None)
+                    .is_ok_and(|o| o.status == 0)
+                {
+                    removed.push(format!("ipset {set}"));
+                }
+            }
+        }
+        self.programmed = None;
+        if !removed.is_empty() {
+            info!(removed = removed.join(", "), "Removed IPVS-mode leftovers");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

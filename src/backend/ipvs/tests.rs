@@ -1,0 +1,267 @@
+//! ipvs backend against the sys fakes (`FakeIpvs`, `FakeLinks`).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::config::NodePortAddresses;
+use crate::model::builders::{mk_node, mk_service, mk_slice};
+use crate::model::{Model, SelectionOptions};
+use crate::sys::ipvs::Protocol;
+use crate::sys::{CommandOutput, FakeIpvs, FakeLinks, FakeRunner};
+
+fn settings() -> Settings {
+    Settings {
+        masquerade_mark: 0x4000,
+        masquerade_all: false,
+        cluster_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
+        nodeport_addresses: NodePortAddresses::Primary,
+        localhost_nodeports: false,
+        conntrack_liberal: false,
+    }
+}
+
+struct Fakes {
+    ipvs: Arc<FakeIpvs>,
+    links: Arc<FakeLinks>,
+    runner: FakeRunner,
+}
+
+impl Fakes {
+    fn new() -> Self {
+        Self {
+            ipvs: Arc::new(FakeIpvs::new()),
+            links: Arc::new(FakeLinks::new()),
+            runner: FakeRunner::new(),
+        }
+    }
+
+    fn backend(&self) -> IpvsBackend {
+        let clients = Clients {
+            ipvs: self.ipvs.clone(),
+            links: self.links.clone(),
+        };
+        IpvsBackend::with_clients(Sys::fake(self.runner.clone()), settings(), IpvsOpts::default(), clients)
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn tcp(addr: &str, port: u16) -> ServiceKey {
+    ServiceKey::Addr {
+        protocol: Protocol::Tcp,
+        addr: ip(addr),
+        port,
+    }
+}
+
+/// Node `node-a` (192.168.0.10) with `web`: ClusterIP 10.96.0.10:80,
+/// NodePort 30080, externalIP 203.0.113.7, LB IP 198.51.100.9; two
+/// endpoints on port 8080.
+fn model() -> Model {
+    let mut m = Model::new("node-a", SelectionOptions::default());
+    m.set_node(Some(&mk_node("node-a").internal_ip("192.168.0.10").build()));
+    m.apply_service(
+        &mk_service("default", "web")
+            .type_("LoadBalancer")
+            .cluster_ip("10.96.0.10")
+            .node_port("http", 80, "TCP", 30080)
+            .external_ips(&["203.0.113.7"])
+            .lb_ingress("198.51.100.9")
+            .build(),
+    );
+    m.apply_slice(&slice("web", &["10.244.1.5", "10.244.2.6"]));
+    m
+}
+
+fn slice(svc: &str, eps: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    mk_slice("default", &format!("{svc}-1"), svc)
+        .port("http", 8080, "TCP")
+        .endpoints(eps)
+        .build()
+}
+
+fn sync(b: &mut IpvsBackend, m: &mut Model, kind: SyncKind) -> SyncStats {
+    let (desired, changes) = (m.desired(), m.changes());
+    let stats = b.sync(&desired, &changes, kind).expect("sync");
+    m.ack(&changes);
+    stats
+}
+
+#[test]
+fn render_lists_every_virtual_server_as_ipvsadm_save_does() {
+    let m = model();
+    let text = Fakes::new().backend().render(&m.desired());
+    let expected = "\
+-A -t 10.96.0.10:80 -s rr
+-a -t 10.96.0.10:80 -r 10.244.1.5:8080 -m -w 1
+-a -t 10.96.0.10:80 -r 10.244.2.6:8080 -m -w 1
+-A -t 192.168.0.10:30080 -s rr
+-a -t 192.168.0.10:30080 -r 10.244.1.5:8080 -m -w 1
+-a -t 192.168.0.10:30080 -r 10.244.2.6:8080 -m -w 1
+-A -t 198.51.100.9:80 -s rr
+-a -t 198.51.100.9:80 -r 10.244.1.5:8080 -m -w 1
+-a -t 198.51.100.9:80 -r 10.244.2.6:8080 -m -w 1
+-A -t 203.0.113.7:80 -s rr
+-a -t 203.0.113.7:80 -r 10.244.1.5:8080 -m -w 1
+-a -t 203.0.113.7:80 -r 10.244.2.6:8080 -m -w 1
+";
+    assert!(text.contains(expected), "{text}");
+    // Service addresses on kube-ipvs0; the NodePort's node IP is not one.
+    assert!(
+        text.ends_with("# kube-ipvs0 addresses\n10.96.0.10/32\n198.51.100.9/32\n203.0.113.7/32\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn first_sync_creates_the_interface_addresses_and_servers() {
+    let f = Fakes::new();
+    let mut b = f.backend();
+    let mut m = model();
+    let stats = sync(&mut b, &mut m, SyncKind::Full);
+    assert_eq!(
+        f.links.ops()[..2],
+        ["add-link kube-ipvs0".to_string(), "add-addr 10.96.0.10".to_string()]
+    );
+    assert_eq!(f.ipvs.services().expect("list").len(), 4);
+    assert_eq!(f.ipvs.destinations(&tcp("10.96.0.10", 80)).expect("reals").len(), 2);
+    assert_eq!(stats.rules_written, 3 + 4 + 8, "3 addresses, 4 virtual, 8 real servers");
+}
+
+#[test]
+fn one_endpoint_change_touches_only_its_real_servers() {
+    let f = Fakes::new();
+    let mut b = f.backend();
+    let mut m = model();
+    sync(&mut b, &mut m, SyncKind::Full);
+    f.ipvs.clear_ops();
+    m.apply_slice(&slice("web", &["10.244.1.5", "10.244.3.7"]));
+    sync(&mut b, &mut m, SyncKind::Partial);
+    let ops = f.ipvs.ops();
+    assert_eq!(ops.len(), 8, "one add and one delete per virtual server: {ops:?}");
+    assert!(
+        ops.iter().all(|o| o.contains("10.244.3.7") || o.contains("10.244.2.6")),
+        "{ops:?}"
+    );
+    assert!(ops.contains(&"add-dest TCP 10.96.0.10:80 -> 10.244.3.7:8080 w1".to_string()));
+    assert!(ops.contains(&"delete-dest TCP 10.96.0.10:80 -> 10.244.2.6:8080".to_string()));
+    // Nothing changed: nothing sent.
+    f.ipvs.clear_ops();
+    sync(&mut b, &mut m, SyncKind::Partial);
+    assert!(f.ipvs.ops().is_empty());
+}
+
+#[test]
+fn full_sync_repairs_drift_and_leaves_foreign_virtual_servers_alone() {
+    let f = Fakes::new();
+    let mut b = f.backend();
+    let mut m = model();
+    sync(&mut b, &mut m, SyncKind::Full);
+    // Someone else's virtual server, on an address kproxy does not own.
+    let foreign = VirtualServer::new(tcp("192.168.0.10", 443), "wrr");
+    f.ipvs.add_service(&foreign).expect("foreign");
+    // Drift: a real server removed behind kproxy's back, a stale virtual
+    // server on a kube-ipvs0 address.
+    let cip = tcp("10.96.0.10", 80);
+    f.ipvs.delete_destination(&cip, ip("10.244.2.6"), 8080).expect("drift");
+    f.links
+        .add_address(DUMMY_INTERFACE, ip("10.96.0.99"))
+        .expect("stale addr");
+    f.ipvs
+        .add_service(&VirtualServer::new(tcp("10.96.0.99", 53), "rr"))
+        .expect("stale");
+    f.ipvs.clear_ops();
+    sync(&mut b, &mut m, SyncKind::Full);
+    let ops = f.ipvs.ops();
+    assert_eq!(
+        ops,
+        [
+            "add-dest TCP 10.96.0.10:80 -> 10.244.2.6:8080 w1",
+            "delete-service TCP 10.96.0.99:53",
+        ],
+        "repairs exactly the drift"
+    );
+    assert!(f.ipvs.services().expect("list").contains(&foreign), "foreign kept");
+    assert!(
+        !f.links
+            .addresses(DUMMY_INTERFACE)
+            .expect("addrs")
+            .contains(&ip("10.96.0.99"))
+    );
+}
+
+#[test]
+fn local_policy_without_local_endpoints_keeps_an_empty_virtual_server() {
+    let f = Fakes::new();
+    let mut m = Model::new("node-a", SelectionOptions::default());
+    m.set_node(Some(&mk_node("node-a").internal_ip("192.168.0.10").build()));
+    m.apply_service(
+        &mk_service("default", "web")
+            .type_("NodePort")
+            .cluster_ip("10.96.0.10")
+            .node_port("http", 80, "TCP", 30080)
+            .external_traffic_policy_local()
+            .client_ip_affinity(Some(600))
+            .build(),
+    );
+    m.apply_slice(
+        &mk_slice("default", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoint_on("10.244.2.6", "node-b")
+            .build(),
+    );
+    let text = f.backend().render(&m.desired());
+    assert!(
+        text.contains("-A -t 10.96.0.10:80 -s rr -p 600\n-a -t 10.96.0.10:80 -r 10.244.2.6:8080"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-A -t 192.168.0.10:30080 -s rr -p 600\n# "),
+        "no local endpoint: {text}"
+    );
+}
+
+#[test]
+fn cleanup_removes_only_kube_ipvs0_servers_the_interface_and_kube_proxys_sets() {
+    let f = Fakes {
+        runner: FakeRunner::with_responder(|call| CommandOutput {
+            status: 0,
+            stdout: if call.args.first().map(String::as_str) == Some("list") {
+                "KUBE-CLUSTER-IP\ncali40all-ipam-pools\nKUBE-6-LOOP-BACK\nKUBE-MINE\n".into()
+            } else {
+                String::new()
+            },
+            stderr: String::new(),
+        }),
+        ..Fakes::new()
+    };
+    let mut b = f.backend();
+    let mut m = model();
+    sync(&mut b, &mut m, SyncKind::Full);
+    let foreign = VirtualServer::new(tcp("192.168.0.10", 443), "wrr");
+    f.ipvs.add_service(&foreign).expect("foreign");
+    b.cleanup().expect("cleanup");
+    let left: Vec<ServiceKey> = f.ipvs.services().expect("list").into_iter().map(|s| s.key).collect();
+    // The NodePort server is on a node address: kproxy cannot tell it from
+    // someone else's after a restart, so cleanup leaves it (as the foreign one).
+    assert_eq!(left, [tcp("192.168.0.10", 443), tcp("192.168.0.10", 30080)]);
+    assert!(f.links.addresses(DUMMY_INTERFACE).is_err(), "interface gone");
+    let destroyed: Vec<String> = f
+        .runner
+        .calls()
+        .iter()
+        .filter(|c| c.args.first().map(String::as_str) == Some("destroy"))
+        .map(|c| c.args[1].clone())
+        .collect();
+    assert_eq!(destroyed, ["KUBE-CLUSTER-IP", "KUBE-6-LOOP-BACK"]);
+}
+
+#[test]
+fn starting_in_another_mode_leaves_ipvs_alone() {
+    let cfg = crate::config::Config::default();
+    let others = crate::backend::other_modes(&cfg, Sys::fake(FakeRunner::new()));
+    assert!(others.iter().all(|b| b.mode() != ProxyMode::Ipvs));
+    assert!(!others.is_empty());
+}
