@@ -437,6 +437,13 @@ fn backend_programs_services_and_changes_only_what_changed() {
         "nothing before the sync"
     );
     sync(&mut b, &mut m, SyncKind::Full);
+    for key in ["net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn"] {
+        assert_eq!(
+            node.read_sysctl(key).expect("sysctl"),
+            "1",
+            "{key} set by the first sync"
+        );
+    }
     for addr in [cip, nodeport] {
         let tally = client.tally_tcp(addr, 4, TIMEOUT);
         assert_eq!(

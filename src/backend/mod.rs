@@ -210,7 +210,7 @@ pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box
 }
 
 fn ipvs_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> ipvs::IpvsBackend {
-    ipvs::IpvsBackend::new(sys, Settings::from_config(cfg), ipvs::IpvsOpts::default())
+    ipvs::IpvsBackend::new(sys, Settings::from_config(cfg), ipvs::IpvsOpts::from_config(&cfg.ipvs))
 }
 
 fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {

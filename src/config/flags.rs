@@ -74,6 +74,32 @@ pub struct ProxyFlags {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub min_sync_period: Option<String>,
 
+    /// The IPVS scheduler of the ipvs mode: rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq or mh
+    /// [default: rr].
+    #[arg(long, value_name = "NAME")]
+    pub ipvs_scheduler: Option<String>,
+
+    /// Comma-separated CIDRs whose IPVS virtual servers the ipvs mode never touches.
+    #[arg(long, value_name = "CIDRS")]
+    pub ipvs_exclude_cidrs: Option<String>,
+
+    /// ipvs mode: set arp_ignore=1 and arp_announce=2, so the node answers ARP only for its
+    /// own interfaces' addresses.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ipvs_strict_arp: Option<bool>,
+
+    /// ipvs mode: idle timeout of TCP connections, e.g. 900s [default: 0, the kernel's].
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcp_timeout: Option<String>,
+
+    /// ipvs mode: timeout of TCP connections after FIN, e.g. 120s [default: 0, the kernel's].
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcpfin_timeout: Option<String>,
+
+    /// ipvs mode: timeout of UDP flows, e.g. 300s [default: 0, the kernel's].
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_udp_timeout: Option<String>,
+
     /// The address:port to serve /metrics on [default: 127.0.0.1:10249].
     #[arg(long, value_name = "ADDR")]
     pub metrics_bind_address: Option<String>,

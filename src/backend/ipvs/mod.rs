@@ -12,10 +12,11 @@
 //! Status (#10): virtual servers for ClusterIPs, externalIPs, load-balancer
 //! IPs and NodePorts with masquerading real servers, scheduler and
 //! persistence, and the `kube-ipvs0` addresses are rendered and applied
-//! incrementally. Not yet: kube-proxy's ipsets and iptables chains
-//! (masquerade, hairpin, NodePort and source-range filtering), graceful
-//! termination, sysctls and timeouts, `excludeCIDRs`; so [`super::for_mode`]
-//! still refuses the mode.
+//! incrementally; kube-proxy's sysctls and the configured timeouts are set
+//! at the first sync; `excludeCIDRs` ranges are never touched. Not yet:
+//! kube-proxy's ipsets and iptables chains (masquerade, hairpin, NodePort
+//! and source-range filtering), graceful termination; so
+//! [`super::for_mode`] still refuses the mode.
 //!
 //! Ownership: kproxy changes only virtual servers it programs: those on an
 //! address bound to `kube-ipvs0` (which holds only service addresses), those
@@ -69,6 +70,8 @@ pub struct IpvsBackend {
     /// What the last successful sync left in the kernel; None: unknown
     /// (start, or after a failure), so the next sync lists the kernel.
     programmed: Option<KernelState>,
+    /// Sysctls and timeouts are set (once, at the first sync).
+    configured: bool,
 }
 
 // === impl Clients ===
@@ -139,6 +142,7 @@ impl IpvsBackend {
             opts,
             clients: None,
             programmed: None,
+            configured: false,
         }
     }
 
@@ -205,7 +209,12 @@ impl IpvsBackend {
 /// What kproxy owns in the kernel now: virtual servers on `kube-ipvs0`
 /// addresses, wanted ones, and earlier-programmed ones; with their real
 /// servers. Creates `kube-ipvs0` if it is missing.
-fn read_kernel(c: &Clients, want: &KernelState, before: Option<&KernelState>) -> Result<KernelState, BackendError> {
+fn read_kernel(
+    c: &Clients,
+    opts: &IpvsOpts,
+    want: &KernelState,
+    before: Option<&KernelState>,
+) -> Result<KernelState, BackendError> {
     if c.links.ensure_dummy(DUMMY_INTERFACE).map_err(kernel_err)? {
         info!(interface = DUMMY_INTERFACE, "Created the service address interface");
     }
@@ -216,11 +225,12 @@ fn read_kernel(c: &Clients, want: &KernelState, before: Option<&KernelState>) ->
         .into_iter()
         .collect();
     let owned = |key: &ServiceKey| {
-        let on_dummy = match key {
-            ServiceKey::Addr { addr, .. } => addresses.contains(addr),
-            ServiceKey::Fwmark { .. } => false,
+        let (on_dummy, excluded) = match key {
+            ServiceKey::Addr { addr, .. } => (addresses.contains(addr), opts.is_excluded(addr)),
+            ServiceKey::Fwmark { .. } => (false, false),
         };
-        on_dummy || want.services.contains_key(key) || before.is_some_and(|b| b.services.contains_key(key))
+        !excluded
+            && (on_dummy || want.services.contains_key(key) || before.is_some_and(|b| b.services.contains_key(key)))
     };
     let mut services = BTreeMap::new();
     for vs in c.ipvs.services().map_err(kernel_err)? {
@@ -237,6 +247,48 @@ fn read_kernel(c: &Clients, want: &KernelState, before: Option<&KernelState>) ->
         services.insert(vs.key, (vs, reals));
     }
     Ok(KernelState { services, addresses })
+}
+
+/// The first kernel version whose IPVS no longer needs `conn_reuse_mode=0`
+/// (kubernetes#93297): kube-proxy leaves the sysctl alone from there on.
+const CONN_REUSE_FIXED: (u32, u32) = (5, 9);
+
+/// kube-proxy's ipvs-mode sysctls and the configured timeouts. Each sysctl
+/// is written only when it differs.
+fn configure_kernel(sys: &Sys, ipvs: &dyn Ipvs, opts: &IpvsOpts) -> Result<(), BackendError> {
+    let mut wanted = vec![
+        ("net.ipv4.vs.conntrack", "1"),
+        ("net.ipv4.vs.expire_nodest_conn", "1"),
+        ("net.ipv4.vs.expire_quiescent_template", "1"),
+        ("net.ipv4.ip_forward", "1"),
+    ];
+    let release = sys.sysctl.get("kernel.osrelease").unwrap_or_default();
+    if kernel_version(&release).is_some_and(|v| v < CONN_REUSE_FIXED) {
+        wanted.push(("net.ipv4.vs.conn_reuse_mode", "0"));
+    }
+    if opts.strict_arp {
+        wanted.push(("net.ipv4.conf.all.arp_ignore", "1"));
+        wanted.push(("net.ipv4.conf.all.arp_announce", "2"));
+    }
+    for (key, value) in wanted {
+        if sys.sysctl.get(key).is_ok_and(|v| v == value) {
+            continue;
+        }
+        sys.sysctl
+            .set(key, value)
+            .map_err(|e| kernel_err(std::io::Error::new(e.kind(), format!("sysctl {key}={value}: {e}"))))?;
+    }
+    let t = opts.timeouts;
+    if t.tcp > 0 || t.tcp_fin > 0 || t.udp > 0 {
+        ipvs.set_timeouts(&t).map_err(kernel_err)?;
+    }
+    Ok(())
+}
+
+/// `major.minor` of a kernel release string (`6.1.0-57-amd64` → (6, 1)).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 /// Changes the kernel from `cur` to `want`, object by object: addresses
@@ -315,8 +367,12 @@ impl Backend for IpvsBackend {
         let want = KernelState::from(&ruleset);
         let cur = match (&self.programmed, kind) {
             (Some(p), SyncKind::Partial) => p.clone(),
-            (before, _) => read_kernel(&clients, &want, before.as_ref())?,
+            (before, _) => read_kernel(&clients, &self.opts, &want, before.as_ref())?,
         };
+        if !self.configured {
+            configure_kernel(&self.sys, clients.ipvs.as_ref(), &self.opts)?;
+            self.configured = true;
+        }
         // Until this sync succeeds, nothing is known about the kernel.
         self.programmed = None;
         let applied = apply_diff(&clients, &cur, &want)?;
@@ -394,6 +450,7 @@ impl Backend for IpvsBackend {
             }
         }
         self.programmed = None;
+        self.configured = false;
         if !removed.is_empty() {
             info!(removed = removed.join(", "), "Removed IPVS-mode leftovers");
         }

@@ -30,6 +30,12 @@ pub const DEFAULT_SCHEDULER: &str = "rr";
 pub struct IpvsOpts {
     /// `--ipvs-scheduler` / `ipvs.scheduler`.
     pub scheduler: String,
+    /// `excludeCIDRs`: virtual servers on these addresses are never touched.
+    pub exclude_cidrs: Vec<ipnet::IpNet>,
+    /// `strictARP`.
+    pub strict_arp: bool,
+    /// tcp, tcpfin and udp timeouts in seconds (0: leave the kernel's).
+    pub timeouts: crate::sys::ipvs::Timeouts,
 }
 
 /// What one family renders with: the plan context and the addresses that
@@ -64,7 +70,36 @@ impl Default for IpvsOpts {
     fn default() -> Self {
         Self {
             scheduler: DEFAULT_SCHEDULER.to_string(),
+            exclude_cidrs: Vec::new(),
+            strict_arp: false,
+            timeouts: crate::sys::ipvs::Timeouts::default(),
         }
+    }
+}
+
+impl IpvsOpts {
+    /// From the `ipvs` configuration (`rr` when no scheduler is set).
+    pub fn from_config(c: &crate::config::IpvsConfig) -> Self {
+        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        Self {
+            scheduler: if c.scheduler.is_empty() {
+                DEFAULT_SCHEDULER.to_string()
+            } else {
+                c.scheduler.clone()
+            },
+            exclude_cidrs: c.exclude_cidrs.clone(),
+            strict_arp: c.strict_arp,
+            timeouts: crate::sys::ipvs::Timeouts {
+                tcp: secs(c.tcp_timeout),
+                tcp_fin: secs(c.tcp_fin_timeout),
+                udp: secs(c.udp_timeout),
+            },
+        }
+    }
+
+    /// Whether `addr` is in an `excludeCIDRs` range.
+    pub fn is_excluded(&self, addr: &IpAddr) -> bool {
+        self.exclude_cidrs.iter().any(|n| n.contains(addr))
     }
 }
 

@@ -7,7 +7,8 @@ use crate::config::NodePortAddresses;
 use crate::model::builders::{mk_node, mk_service, mk_slice};
 use crate::model::{Model, SelectionOptions};
 use crate::sys::ipvs::Protocol;
-use crate::sys::{CommandOutput, FakeIpvs, FakeLinks, FakeRunner};
+use crate::sys::ipvs::Timeouts;
+use crate::sys::{CommandOutput, FakeIpvs, FakeLinks, FakeRunner, FakeSysctl, Sysctl};
 
 fn settings() -> Settings {
     Settings {
@@ -24,6 +25,8 @@ struct Fakes {
     ipvs: Arc<FakeIpvs>,
     links: Arc<FakeLinks>,
     runner: FakeRunner,
+    sysctl: Arc<FakeSysctl>,
+    opts: IpvsOpts,
 }
 
 impl Fakes {
@@ -32,6 +35,8 @@ impl Fakes {
             ipvs: Arc::new(FakeIpvs::new()),
             links: Arc::new(FakeLinks::new()),
             runner: FakeRunner::new(),
+            sysctl: Arc::new(FakeSysctl::default()),
+            opts: IpvsOpts::default(),
         }
     }
 
@@ -40,7 +45,11 @@ impl Fakes {
             ipvs: self.ipvs.clone(),
             links: self.links.clone(),
         };
-        IpvsBackend::with_clients(Sys::fake(self.runner.clone()), settings(), IpvsOpts::default(), clients)
+        let sys = Sys {
+            runner: Arc::new(self.runner.clone()),
+            sysctl: self.sysctl.clone(),
+        };
+        IpvsBackend::with_clients(sys, settings(), self.opts.clone(), clients)
     }
 }
 
@@ -264,4 +273,67 @@ fn starting_in_another_mode_leaves_ipvs_alone() {
     let others = crate::backend::other_modes(&cfg, Sys::fake(FakeRunner::new()));
     assert!(others.iter().all(|b| b.mode() != ProxyMode::Ipvs));
     assert!(!others.is_empty());
+}
+
+#[test]
+fn first_sync_sets_kube_proxys_sysctls_and_the_configured_timeouts() {
+    let f = Fakes {
+        opts: IpvsOpts {
+            strict_arp: true,
+            timeouts: Timeouts {
+                tcp: 900,
+                tcp_fin: 120,
+                udp: 300,
+            },
+            ..IpvsOpts::default()
+        },
+        ..Fakes::new()
+    };
+    f.sysctl.set("kernel.osrelease", "5.4.0-150-generic").expect("set");
+    let mut b = f.backend();
+    let mut m = model();
+    sync(&mut b, &mut m, SyncKind::Full);
+    for (key, value) in [
+        ("net.ipv4.vs.conntrack", "1"),
+        ("net.ipv4.vs.conn_reuse_mode", "0"),
+        ("net.ipv4.vs.expire_nodest_conn", "1"),
+        ("net.ipv4.vs.expire_quiescent_template", "1"),
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.arp_ignore", "1"),
+        ("net.ipv4.conf.all.arp_announce", "2"),
+    ] {
+        assert_eq!(f.sysctl.value(key).as_deref(), Some(value), "{key}");
+    }
+    assert_eq!(f.ipvs.timeouts().expect("timeouts").tcp, 900);
+    // On a kernel with the conn_reuse fix the sysctl is left alone.
+    let g = Fakes::new();
+    g.sysctl.set("kernel.osrelease", "6.1.0-57-amd64").expect("set");
+    sync(&mut g.backend(), &mut model(), SyncKind::Full);
+    assert_eq!(g.sysctl.value("net.ipv4.vs.conn_reuse_mode"), None);
+    assert_eq!(g.sysctl.value("net.ipv4.conf.all.arp_ignore"), None, "strictARP off");
+}
+
+#[test]
+fn exclude_cidrs_are_never_touched() {
+    let f = Fakes {
+        opts: IpvsOpts {
+            exclude_cidrs: vec!["10.96.9.0/24".parse().expect("cidr")],
+            ..IpvsOpts::default()
+        },
+        ..Fakes::new()
+    };
+    // A stale-looking virtual server on a kube-ipvs0 address in an excluded range.
+    f.links.ensure_dummy(DUMMY_INTERFACE).expect("dummy");
+    f.links.add_address(DUMMY_INTERFACE, ip("10.96.9.9")).expect("addr");
+    let kept = VirtualServer::new(tcp("10.96.9.9", 80), "rr");
+    f.ipvs.add_service(&kept).expect("add");
+    sync(&mut f.backend(), &mut model(), SyncKind::Full);
+    assert!(f.ipvs.services().expect("list").contains(&kept));
+}
+
+#[test]
+fn kernel_versions_parse_from_release_strings() {
+    assert_eq!(kernel_version("6.1.0-57-amd64"), Some((6, 1)));
+    assert_eq!(kernel_version("5.10.0\n"), Some((5, 10)));
+    assert_eq!(kernel_version("garbage"), None);
 }
