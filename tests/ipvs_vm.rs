@@ -415,10 +415,13 @@ fn backend_programs_services_and_changes_only_what_changed() {
             .build(),
     );
     let pods: Vec<String> = (0..2).map(|i| topo.pod_ip(i).to_string()).collect();
+    // The pods run on this node: hairpin traffic needs KUBE-LOOP-BACK.
     let slice = |ips: &[&str]| {
-        mk_slice("default", "web-1", "web")
-            .port("http", 8080, "TCP")
-            .endpoints(ips)
+        ips.iter()
+            .fold(
+                mk_slice("default", "web-1", "web").port("http", 8080, "TCP"),
+                |s, ip| s.endpoint_on(ip, "node"),
+            )
             .build()
     };
     m.apply_slice(&slice(&[&pods[0], &pods[1]]));
@@ -452,15 +455,37 @@ fn backend_programs_services_and_changes_only_what_changed() {
             "{addr}: {tally:?}"
         );
     }
+    // From the node itself (masqueraded by KUBE-CLUSTER-IP's rule) and from
+    // a pod to itself through the service (hairpin, KUBE-LOOP-BACK).
+    for (who, ns) in [("node", node), ("pod0", topo.pod(0))] {
+        let tally = ns.tally_tcp(cip, 4, TIMEOUT);
+        assert_eq!(
+            (tally.get("pod0"), tally.get("pod1")),
+            (Some(&2), Some(&2)),
+            "from {who}: {tally:?}"
+        );
+    }
+    let members = node.exec_ok(&["ipset", "list", "KUBE-CLUSTER-IP"]);
+    assert!(members.contains(&format!("{vip},tcp:80")), "{members}");
+    let nat = node.exec_ok(&["iptables-save", "-t", "nat"]);
+    assert!(
+        nat.contains("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES"),
+        "{nat}"
+    );
 
     // pod1 goes: exactly its two real servers are deleted.
     m.apply_slice(&slice(&[&pods[0]]));
     let stats = sync(&mut b, &mut m, SyncKind::Partial);
-    assert_eq!(stats.rules_written, 2, "one real server per virtual server");
+    assert_eq!(
+        stats.rules_written, 3,
+        "one real server per virtual server and pod1's KUBE-LOOP-BACK member"
+    );
     let tally = client.tally_tcp(cip, 4, TIMEOUT);
     assert_eq!(tally.get("pod0"), Some(&4), "{tally:?}");
 
-    // A restart: a new backend lists the kernel and finds nothing to change.
+    // A restart: a new backend lists the kernel and changes no virtual or
+    // real server (it rewrites only its ipsets' and iptables' static parts).
+    let before_restart = ipvsadm_save(node);
     let mut restarted = backend();
     let mut m2 = Model::new("node", SelectionOptions::default());
     m2.set_node(Some(&mk_node("node").internal_ip(&node_ip).build()));
@@ -472,7 +497,10 @@ fn backend_programs_services_and_changes_only_what_changed() {
             .build(),
     );
     m2.apply_slice(&slice(&[&pods[0]]));
-    assert_eq!(sync(&mut restarted, &mut m2, SyncKind::Full).rules_written, 0);
+    sync(&mut restarted, &mut m2, SyncKind::Full);
+    assert_eq!(ipvsadm_save(node), before_restart, "IPVS untouched by the restart");
+    let tally = client.tally_tcp(cip, 2, TIMEOUT);
+    assert_eq!(tally.get("pod0"), Some(&2), "still answering: {tally:?}");
 
     let save = ipvsadm_save(node);
     assert!(save.contains(foreign.trim()), "foreign kept by syncs: {save}");
@@ -483,4 +511,8 @@ fn backend_programs_services_and_changes_only_what_changed() {
         "{left}"
     );
     assert!(node.ip(&["link", "show", "kube-ipvs0"]).is_err(), "kube-ipvs0 removed");
+    let sets = node.exec_ok(&["ipset", "list", "-n"]);
+    assert!(!sets.contains("KUBE-"), "kube-proxy's ipsets destroyed: {sets}");
+    let tables = node.exec_ok(&["iptables-save"]);
+    assert!(!tables.contains("KUBE-"), "ipvs-mode chains removed: {tables}");
 }

@@ -201,11 +201,14 @@ pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Bo
 /// kproxy starts, as kube-proxy does when it starts in one mode: iptables
 /// and nftables. IPVS state is left alone (kube-proxy does not clean it
 /// when starting in another mode, and other software may use IPVS);
-/// `--cleanup` removes it.
+/// `--cleanup` removes it. The ipvs mode shares kube-proxy's top-level
+/// iptables chains (KUBE-SERVICES, KUBE-POSTROUTING, …) with the iptables
+/// mode, so starting in ipvs mode removes only nftables leftovers.
 pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
     all_backends(cfg, sys)
         .into_iter()
         .filter(|b| b.mode() != cfg.mode && b.mode() != ProxyMode::Ipvs)
+        .filter(|b| !(cfg.mode == ProxyMode::Ipvs && b.mode() == ProxyMode::Iptables))
         .collect()
 }
 

@@ -153,6 +153,22 @@ pub struct IptablesBackend {
 // === impl Variant ===
 
 impl Variant {
+    /// iptables-nft vs iptables-legacy: whichever already holds rules wins
+    /// (legacy only with strictly more), as kube-proxy's image wrapper
+    /// decides; plain `iptables` when neither variant exists.
+    pub fn detect(runner: &dyn crate::sys::CommandRunner) -> Variant {
+        let count = |tool: &str| -> Option<usize> {
+            let out = runner.run(tool, &[], None).ok()?;
+            (out.status == 0).then(|| out.stdout.lines().filter(|l| l.starts_with("-A")).count())
+        };
+        match (count("iptables-nft-save"), count("iptables-legacy-save")) {
+            (Some(nft), Some(legacy)) if legacy > nft => Variant::Legacy,
+            (Some(_), _) => Variant::Nft,
+            (None, Some(_)) => Variant::Legacy,
+            (None, None) => Variant::Plain,
+        }
+    }
+
     /// The binary name for `tool` (`iptables`, `iptables-restore`,
     /// `iptables-save`) in `family`.
     pub fn tool(self, family: IpFamily, tool: &str) -> String {
@@ -227,23 +243,12 @@ impl IptablesBackend {
         self.families.iter().find(|f| f.family == family)?.last_input.as_deref()
     }
 
-    /// Detects iptables-nft vs iptables-legacy: whichever already holds
-    /// rules wins (legacy only with strictly more), as kube-proxy's image
-    /// wrapper decides; plain `iptables` when neither variant exists.
+    /// The iptables variant, detected once ([`Variant::detect`]).
     fn variant(&mut self) -> Variant {
         if let Some(v) = self.variant {
             return v;
         }
-        let count = |tool: &str| -> Option<usize> {
-            let out = self.sys.runner.run(tool, &[], None).ok()?;
-            (out.status == 0).then(|| out.stdout.lines().filter(|l| l.starts_with("-A")).count())
-        };
-        let v = match (count("iptables-nft-save"), count("iptables-legacy-save")) {
-            (Some(nft), Some(legacy)) if legacy > nft => Variant::Legacy,
-            (Some(_), _) => Variant::Nft,
-            (None, Some(_)) => Variant::Legacy,
-            (None, None) => Variant::Plain,
-        };
+        let v = Variant::detect(self.sys.runner.as_ref());
         info!(variant = ?v, "Chose iptables variant");
         self.variant = Some(v);
         v
@@ -779,13 +784,15 @@ impl Delta {
 
 /// Chains and rules of an `iptables-save` dump, by table.
 #[derive(Debug, Default)]
-struct Saved {
-    chains: HashMap<String, Vec<String>>,
-    /// (chain, full `-A CHAIN …` line).
-    rules: HashMap<String, Vec<(String, String)>>,
+/// `iptables-save` output by table.
+pub(crate) struct Saved {
+    /// Table → declared chains.
+    pub(crate) chains: HashMap<String, Vec<String>>,
+    /// Table → (chain, full `-A CHAIN …` line).
+    pub(crate) rules: HashMap<String, Vec<(String, String)>>,
 }
 
-fn parse_save(save: &str) -> Saved {
+pub(crate) fn parse_save(save: &str) -> Saved {
     let mut out = Saved::default();
     let mut table = String::new();
     for line in save.lines() {

@@ -12,11 +12,13 @@
 //! Status (#10): virtual servers for ClusterIPs, externalIPs, load-balancer
 //! IPs and NodePorts with masquerading real servers, scheduler and
 //! persistence, and the `kube-ipvs0` addresses are rendered and applied
-//! incrementally; kube-proxy's sysctls and the configured timeouts are set
-//! at the first sync; `excludeCIDRs` ranges are never touched. Not yet:
-//! kube-proxy's ipsets and iptables chains (masquerade, hairpin, NodePort
-//! and source-range filtering), graceful termination; so
-//! [`super::for_mode`] still refuses the mode.
+//! incrementally; kube-proxy's ipsets (one `ipset restore` of the member
+//! diff) and iptables chains (one `iptables-restore --noflush` per family,
+//! only when they change; see [`rules`]) carry masquerading, hairpin,
+//! NodePorts and source ranges; kube-proxy's sysctls and the configured
+//! timeouts are set at the first sync; `excludeCIDRs` ranges are never
+//! touched. Not yet: graceful termination, so [`super::for_mode`] still
+//! refuses the mode.
 //!
 //! Ownership: kproxy changes only virtual servers it programs: those on an
 //! address bound to `kube-ipvs0` (which holds only service addresses), those
@@ -27,8 +29,10 @@
 
 pub mod names;
 pub mod render;
+pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -37,11 +41,14 @@ use tracing::{debug, info};
 pub use names::DUMMY_INTERFACE;
 pub use render::{DesiredService, FamilyInput, IpvsOpts, IpvsRuleset};
 
-use super::{Backend, BackendError, NodePortTargets, Settings, SyncKind, SyncStats};
+use super::iptables::Variant;
+use super::{Backend, BackendError, NodePortTargets, Settings, SyncKind, SyncStats, ToolFailure};
 use crate::config::ProxyMode;
 use crate::model::{ChangeSet, DesiredState, FirewallScope, IpFamily};
 use crate::sys::ipvs::{RealServer, ServiceKey, VirtualServer};
 use crate::sys::{Ipvs, IpvsError, LinkError, Links, NetlinkIpvs, RtnlLinks, Sys};
+use names::SetId;
+use rules::{FamilySets, RuleOpts};
 
 /// The kernel clients the mode programs through.
 #[derive(Clone)]
@@ -61,6 +68,14 @@ struct KernelState {
     addresses: BTreeSet<IpAddr>,
 }
 
+/// What one family's ipsets and iptables chains are known to hold.
+#[derive(Clone, Debug, Default)]
+struct FamilyRules {
+    sets: BTreeMap<SetId, BTreeSet<String>>,
+    /// The iptables-restore input last applied (without jump insertions).
+    iptables: String,
+}
+
 /// The ipvs-mode backend.
 pub struct IpvsBackend {
     sys: Sys,
@@ -72,6 +87,12 @@ pub struct IpvsBackend {
     programmed: Option<KernelState>,
     /// Sysctls and timeouts are set (once, at the first sync).
     configured: bool,
+    /// iptables-nft or -legacy, detected at the first sync.
+    variant: Option<Variant>,
+    /// Whether ip6tables works here (probed once).
+    ipv6_usable: Option<bool>,
+    /// Per family, the sets and rules the last successful sync left.
+    rules: BTreeMap<IpFamily, FamilyRules>,
 }
 
 // === impl Clients ===
@@ -143,6 +164,9 @@ impl IpvsBackend {
             clients: None,
             programmed: None,
             configured: false,
+            variant: None,
+            ipv6_usable: None,
+            rules: BTreeMap::new(),
         }
     }
 
@@ -179,7 +203,6 @@ impl IpvsBackend {
             .collect();
         IpFamily::ALL
             .into_iter()
-            .filter(|f| desired.ports_of(*f).next().is_some())
             .map(|family| {
                 let opts = self.settings.render_opts(family, &desired.node, local, false);
                 let nodeport_ips = match &opts.nodeports {
@@ -203,6 +226,195 @@ impl IpvsBackend {
     /// The ruleset a sync on this node would program.
     pub fn ruleset(&self, desired: &DesiredState, local: &[IpAddr]) -> IpvsRuleset {
         render::render_ruleset(desired, &self.family_inputs(desired, local), &self.opts)
+    }
+
+    fn rule_opts(&self, input: &FamilyInput) -> RuleOpts {
+        RuleOpts {
+            family: input.ctx.family,
+            masquerade_mark: self.settings.masquerade_mark,
+            masquerade_all: self.settings.masquerade_all,
+            cluster_cidr: input.ctx.cluster_cidrs.first().copied(),
+        }
+    }
+
+    /// Runs a tool; a non-zero exit is an Apply error naming it.
+    fn run(
+        &self,
+        family: IpFamily,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<String, BackendError> {
+        let out = self
+            .sys
+            .runner
+            .run(program, args, stdin)
+            .map_err(|source| BackendError::Exec {
+                family: Some(family),
+                tool: program.to_string(),
+                source,
+            })?;
+        if out.status != 0 {
+            return Err(BackendError::Apply {
+                family: Some(family),
+                tool: program.to_string(),
+                source: ToolFailure {
+                    status: out.status,
+                    stderr: out.stderr.trim().to_string(),
+                },
+                context: stdin.and_then(|i| super::iptables::restore_error_context(&out.stderr, i)),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// The families whose iptables tools work (IPv6 probed once).
+    fn rule_families(&mut self, variant: Variant) -> Vec<IpFamily> {
+        let v6 = match self.ipv6_usable {
+            Some(v) => v,
+            None => {
+                let tool = variant.tool(IpFamily::V6, "iptables-save");
+                let ok = self.run(IpFamily::V6, &tool, &["-t", "nat"], None).is_ok();
+                if !ok {
+                    tracing::warn!("ip6tables is not usable; the ipvs mode programs IPv4 rules only");
+                }
+                self.ipv6_usable = Some(ok);
+                ok
+            }
+        };
+        IpFamily::ALL.into_iter().filter(|f| *f == IpFamily::V4 || v6).collect()
+    }
+
+    /// Brings kube-proxy's ipsets and iptables chains of every family to
+    /// what `desired` needs: one `ipset restore` with the member diff and
+    /// one `iptables-restore --noflush` per family, each only when
+    /// something changed (always on a full sync, which also lists the
+    /// kernel's sets and re-inserts missing jumps). Returns lines sent.
+    fn apply_rules(
+        &mut self,
+        desired: &DesiredState,
+        inputs: &[FamilyInput],
+        bound: &BTreeSet<IpAddr>,
+        full: bool,
+    ) -> Result<usize, BackendError> {
+        let variant = match self.variant {
+            Some(v) => v,
+            None => *self.variant.insert(Variant::detect(self.sys.runner.as_ref())),
+        };
+        let mut written = 0;
+        for family in self.rule_families(variant) {
+            let Some(input) = inputs.iter().find(|i| i.ctx.family == family) else {
+                continue;
+            };
+            let sets = rules::render_family_sets(desired, input, bound);
+            let opts = self.rule_opts(input);
+            let known = self.rules.get(&family).filter(|_| !full).cloned();
+            let (cur_sets, jumps, cur_text) = match known {
+                Some(k) => (k.sets, Vec::new(), Some(k.iptables)),
+                None => {
+                    let save = self.run(family, "ipset", &["save"], None)?;
+                    let tables = self.run(family, &variant.tool(family, "iptables-save"), &[], None)?;
+                    (
+                        rules::parse_ipset_save(&save, family),
+                        rules::missing_jumps(&tables),
+                        None,
+                    )
+                }
+            };
+            if full || cur_sets != sets.members {
+                let input = rules::render_ipset_restore(family, full, &cur_sets, &sets.members);
+                self.run(family, "ipset", &["restore"], Some(input.as_bytes()))?;
+                written += input.lines().count();
+            }
+            let text = rules::render_iptables(&opts, &sets, &[]);
+            if !jumps.is_empty() || cur_text.as_deref() != Some(text.as_str()) {
+                let with_jumps = rules::render_iptables(&opts, &sets, &jumps);
+                let tool = variant.tool(family, "iptables-restore");
+                self.run(family, &tool, &["-w", "5", "--noflush"], Some(with_jumps.as_bytes()))?;
+                written += with_jumps.lines().count();
+            }
+            self.rules.insert(
+                family,
+                FamilyRules {
+                    sets: sets.members,
+                    iptables: text,
+                },
+            );
+        }
+        Ok(written)
+    }
+
+    /// Removes the ipvs mode's chains (and the jumps into them) in every
+    /// family whose tools work. Returns what was removed.
+    fn cleanup_rules(&mut self) -> Result<Vec<String>, BackendError> {
+        let variant = match self.variant {
+            Some(v) => v,
+            None => *self.variant.insert(Variant::detect(self.sys.runner.as_ref())),
+        };
+        let ours = |c: &str| names::NAT_CHAINS.contains(&c) || names::FILTER_CHAINS.contains(&c);
+        let mut removed = Vec::new();
+        for family in IpFamily::ALL {
+            let Ok(save) = self.run(family, &variant.tool(family, "iptables-save"), &[], None) else {
+                continue; // no tools for this family: nothing of ours there
+            };
+            let saved = super::iptables::parse_save(&save);
+            let mut text = String::new();
+            for table in ["filter", "nat"] {
+                let chains: Vec<&String> = saved
+                    .chains
+                    .get(table)
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| ours(c))
+                    .collect();
+                let jumps: Vec<&String> = saved
+                    .rules
+                    .get(table)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(chain, rule)| {
+                        !ours(chain)
+                            && rule
+                                .split_whitespace()
+                                .collect::<Vec<_>>()
+                                .windows(2)
+                                .any(|w| w[0] == "-j" && ours(w[1]))
+                    })
+                    .map(|(_, rule)| rule)
+                    .collect();
+                if chains.is_empty() && jumps.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(text, "*{table}");
+                for c in &chains {
+                    let _ = writeln!(text, ":{c} - [0:0]");
+                }
+                for rule in &jumps {
+                    let _ = writeln!(text, "-D{}", rule.strip_prefix("-A").unwrap_or(rule));
+                }
+                for c in &chains {
+                    let _ = writeln!(text, "-X {c}");
+                }
+                text.push_str("COMMIT\n");
+            }
+            if !text.is_empty() {
+                let tool = variant.tool(family, "iptables-restore");
+                self.run(family, &tool, &["-w", "5", "--noflush"], Some(text.as_bytes()))?;
+                removed.push(format!("{family} ipvs-mode iptables chains"));
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The ipsets and iptables input of one family, for `render`.
+    fn render_rules(&self, desired: &DesiredState, input: &FamilyInput, bound: &BTreeSet<IpAddr>) -> String {
+        let sets: FamilySets = rules::render_family_sets(desired, input, bound);
+        let family = input.ctx.family;
+        format!(
+            "# ipsets ({family}), as `ipset restore` input\n{}# iptables-restore --noflush input ({family})\n{}",
+            rules::render_ipset_restore(family, true, &BTreeMap::new(), &sets.members),
+            rules::render_iptables(&self.rule_opts(input), &sets, names::JUMPS)
+        )
     }
 }
 
@@ -363,10 +575,12 @@ impl Backend for IpvsBackend {
         } else {
             crate::sys::interface_addresses(self.sys.runner.as_ref())
         };
-        let ruleset = self.ruleset(desired, &local);
+        let inputs = self.family_inputs(desired, &local);
+        let ruleset = render::render_ruleset(desired, &inputs, &self.opts);
         let want = KernelState::from(&ruleset);
-        let cur = match (&self.programmed, kind) {
-            (Some(p), SyncKind::Partial) => p.clone(),
+        let full = kind == SyncKind::Full || self.programmed.is_none();
+        let cur = match (&self.programmed, full) {
+            (Some(p), false) => p.clone(),
             (before, _) => read_kernel(&clients, &self.opts, &want, before.as_ref())?,
         };
         if !self.configured {
@@ -376,6 +590,13 @@ impl Backend for IpvsBackend {
         // Until this sync succeeds, nothing is known about the kernel.
         self.programmed = None;
         let applied = apply_diff(&clients, &cur, &want)?;
+        let rule_lines = match self.apply_rules(desired, &inputs, &ruleset.addresses, full) {
+            Ok(n) => n,
+            Err(e) => {
+                self.rules.clear();
+                return Err(e);
+            }
+        };
         debug!(
             kind = ?kind,
             changed_ports = changes.ports.len(),
@@ -388,20 +609,27 @@ impl Backend for IpvsBackend {
         Ok(SyncStats {
             ports_written: changes.ports.len(),
             ports_total: desired.ports.len(),
-            rules_written: applied.services + applied.reals + applied.addresses,
+            rules_written: applied.services + applied.reals + applied.addresses + rule_lines,
             bytes_written: 0,
             families: Vec::new(),
         })
     }
 
     fn render(&self, desired: &DesiredState) -> String {
-        let r = self.ruleset(desired, &[]);
-        format!(
+        let inputs = self.family_inputs(desired, &[]);
+        let r = render::render_ruleset(desired, &inputs, &self.opts);
+        let mut out = format!(
             "# ipvs mode (virtual and real servers as `ipvsadm-save -n` lists them)\n{}\
              # {DUMMY_INTERFACE} addresses\n{}",
             render::render_save(&r),
             render::render_addresses(&r)
-        )
+        );
+        for family in super::rendered_families(desired) {
+            if let Some(input) = inputs.iter().find(|i| i.ctx.family == family) {
+                out.push_str(&self.render_rules(desired, input, &r.addresses));
+            }
+        }
+        out
     }
 
     fn cleanup(&mut self) -> Result<(), BackendError> {
@@ -434,7 +662,9 @@ impl Backend for IpvsBackend {
         if links.delete_link(DUMMY_INTERFACE).map_err(kernel_err)? {
             removed.push(DUMMY_INTERFACE.to_string());
         }
-        // kube-proxy's ipsets (after the iptables cleanup dropped their users).
+        // The ipvs mode's iptables chains, then kube-proxy's ipsets (a set
+        // still referenced by a rule cannot be destroyed).
+        removed.extend(self.cleanup_rules()?);
         if let Ok(out) = self.sys.runner.run("ipset", &["list", "-n"], None)
             && out.status == 0
         {
@@ -451,6 +681,7 @@ impl Backend for IpvsBackend {
         }
         self.programmed = None;
         self.configured = false;
+        self.rules.clear();
         if !removed.is_empty() {
             info!(removed = removed.join(", "), "Removed IPVS-mode leftovers");
         }

@@ -119,8 +119,65 @@ fn render_lists_every_virtual_server_as_ipvsadm_save_does() {
     assert!(text.contains(expected), "{text}");
     // Service addresses on kube-ipvs0; the NodePort's node IP is not one.
     assert!(
-        text.ends_with("# kube-ipvs0 addresses\n10.96.0.10/32\n198.51.100.9/32\n203.0.113.7/32\n"),
+        text.contains("# kube-ipvs0 addresses\n10.96.0.10/32\n198.51.100.9/32\n203.0.113.7/32\n#"),
         "{text}"
+    );
+}
+
+#[test]
+fn render_lists_kube_proxys_ipsets_and_iptables_rules() {
+    let text = Fakes::new().backend().render(&model().desired());
+    for line in [
+        "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80 -exist",
+        "add KUBE-EXTERNAL-IP 203.0.113.7,tcp:80 -exist",
+        "add KUBE-LOAD-BALANCER 198.51.100.9,tcp:80 -exist",
+        "add KUBE-NODE-PORT-TCP 30080 -exist",
+        "add KUBE-IPVS-IPS 10.96.0.10 -exist",
+        "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist",
+        "-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" \
+         -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ",
+        "-A KUBE-NODE-PORT -p tcp -m comment --comment \"Kubernetes nodeport TCP port for masquerade purpose\" \
+         -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ",
+        "-A KUBE-SERVICES -m comment --comment \"Kubernetes service lb portal\" \
+         -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER",
+        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT",
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+    // No local endpoint: no hairpin member; no source ranges: no firewall rule.
+    assert!(!text.contains("add KUBE-LOOP-BACK"));
+    assert!(!text.contains("-A KUBE-PROXY-FIREWALL"));
+}
+
+#[test]
+fn an_endpoint_change_sends_no_ipset_or_iptables_input_and_a_new_service_only_its_members() {
+    let f = Fakes::new();
+    let mut b = f.backend();
+    let mut m = model();
+    sync(&mut b, &mut m, SyncKind::Full);
+    f.runner.clear();
+    m.apply_slice(&slice("web", &["10.244.1.5", "10.244.3.7"]));
+    sync(&mut b, &mut m, SyncKind::Partial);
+    assert!(f.runner.calls().is_empty(), "{:?}", f.runner.calls());
+    m.apply_service(
+        &mk_service("default", "db")
+            .cluster_ip("10.96.0.11")
+            .port("sql", 5432, "TCP")
+            .build(),
+    );
+    sync(&mut b, &mut m, SyncKind::Partial);
+    let calls = f.runner.calls();
+    assert_eq!(calls.len(), 1, "one ipset restore, no iptables-restore: {calls:?}");
+    let lines: Vec<&str> = calls[0].stdin.lines().filter(|l| !l.starts_with("create")).collect();
+    assert_eq!(
+        lines,
+        [
+            "add KUBE-CLUSTER-IP 10.96.0.11,tcp:5432 -exist",
+            "add KUBE-IPVS-IPS 10.96.0.11 -exist"
+        ]
     );
 }
 
@@ -136,7 +193,12 @@ fn first_sync_creates_the_interface_addresses_and_servers() {
     );
     assert_eq!(f.ipvs.services().expect("list").len(), 4);
     assert_eq!(f.ipvs.destinations(&tcp("10.96.0.10", 80)).expect("reals").len(), 2);
-    assert_eq!(stats.rules_written, 3 + 4 + 8, "3 addresses, 4 virtual, 8 real servers");
+    assert_eq!(f.ipvs.ops().len(), 4 + 8, "4 virtual, 8 real servers");
+    assert!(stats.rules_written > 3 + 4 + 8, "and the ipset and iptables input");
+    let programs: Vec<String> = f.runner.calls().iter().map(|c| c.program.clone()).collect();
+    assert!(programs.contains(&"ipset".to_string()), "{programs:?}");
+    assert!(programs.contains(&"iptables-nft-restore".to_string()), "{programs:?}");
+    assert!(programs.contains(&"ip6tables-nft-restore".to_string()), "{programs:?}");
 }
 
 #[test]
@@ -273,6 +335,27 @@ fn starting_in_another_mode_leaves_ipvs_alone() {
     let others = crate::backend::other_modes(&cfg, Sys::fake(FakeRunner::new()));
     assert!(others.iter().all(|b| b.mode() != ProxyMode::Ipvs));
     assert!(!others.is_empty());
+    // Starting in ipvs mode keeps the iptables chains it shares with the iptables mode.
+    let cfg = crate::config::Config {
+        mode: ProxyMode::Ipvs,
+        ..crate::config::Config::default()
+    };
+    let others: Vec<ProxyMode> = crate::backend::other_modes(&cfg, Sys::fake(FakeRunner::new()))
+        .iter()
+        .map(|b| b.mode())
+        .collect();
+    assert_eq!(others, [ProxyMode::Nftables]);
+}
+
+#[test]
+fn a_restarted_backend_changes_no_virtual_or_real_server() {
+    let f = Fakes::new();
+    let mut m = model();
+    sync(&mut f.backend(), &mut m, SyncKind::Full);
+    f.ipvs.clear_ops();
+    let mut m2 = model();
+    sync(&mut f.backend(), &mut m2, SyncKind::Full);
+    assert!(f.ipvs.ops().is_empty(), "{:?}", f.ipvs.ops());
 }
 
 #[test]
