@@ -372,9 +372,10 @@ fn dummy_interface_holds_addresses_and_stays_down() {
 }
 
 /// The ipvs backend in the node namespace: a ClusterIP + NodePort service
-/// answers from the client through both pods; an endpoint change touches
-/// only that real server; a second backend (a restart) finds nothing to
-/// change; a foreign virtual server survives sync and `--cleanup`.
+/// answers from the client, the node and (hairpin) a pod through both pods;
+/// an endpoint removal drains only that real server; a second backend (a
+/// restart) changes no IPVS object; a foreign virtual server survives sync
+/// and `--cleanup`, which removes every KUBE- set and chain.
 fn backend_programs_services_and_changes_only_what_changed() {
     let topo = Topology::builder().pods(2).build();
     topo.start_servers(8080, 8080);
@@ -473,12 +474,18 @@ fn backend_programs_services_and_changes_only_what_changed() {
         "{nat}"
     );
 
-    // pod1 goes: exactly its two real servers are deleted.
+    // pod1 goes: exactly its two real servers change — drained to weight 0
+    // (they still count connections), not deleted — plus its hairpin member.
     m.apply_slice(&slice(&[&pods[0]]));
     let stats = sync(&mut b, &mut m, SyncKind::Partial);
     assert_eq!(
         stats.rules_written, 3,
         "one real server per virtual server and pod1's KUBE-LOOP-BACK member"
+    );
+    let drained = ipvsadm_save(node);
+    assert!(
+        drained.contains(&format!("-a -t {cip} -r {}:8080 -m -w 0", pods[1])),
+        "{drained}"
     );
     let tally = client.tally_tcp(cip, 4, TIMEOUT);
     assert_eq!(tally.get("pod0"), Some(&4), "{tally:?}");

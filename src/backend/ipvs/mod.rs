@@ -17,8 +17,10 @@
 //! only when they change; see [`rules`]) carry masquerading, hairpin,
 //! NodePorts and source ranges; kube-proxy's sysctls and the configured
 //! timeouts are set at the first sync; `excludeCIDRs` ranges are never
-//! touched. Not yet: graceful termination, so [`super::for_mode`] still
-//! refuses the mode.
+//! touched. A real server leaving a TCP service drains first (weight 0
+//! until its connections are gone; see [`keep_draining`]). The daemon does
+//! not run the mode yet ([`super::for_mode`] refuses it): no end-to-end test
+//! against an API server has proven it.
 //!
 //! Ownership: kproxy changes only virtual servers it programs: those on an
 //! address bound to `kube-ipvs0` (which holds only service addresses), those
@@ -542,6 +544,56 @@ fn apply_diff(c: &Clients, cur: &KernelState, want: &KernelState) -> Result<Appl
     Ok(n)
 }
 
+/// Graceful termination, as kube-proxy's: a real server leaving a TCP
+/// virtual server that stays is kept with weight 0 (no new connections)
+/// until its connections are gone ([`finish_drains`]); one that comes back
+/// gets its weight again. UDP and SCTP real servers go at once (their
+/// conntrack entries are flushed after the sync). Works from the kernel's
+/// listing too, so a restart resumes the drains.
+fn keep_draining(cur: &KernelState, want: &mut KernelState) {
+    for (key, (_, cur_reals)) in &cur.services {
+        let ServiceKey::Addr {
+            protocol: crate::sys::ipvs::Protocol::Tcp,
+            ..
+        } = key
+        else {
+            continue;
+        };
+        let Some((_, want_reals)) = want.services.get_mut(key) else {
+            continue; // the virtual server goes: its real servers with it
+        };
+        for (id, real) in cur_reals {
+            want_reals.entry(*id).or_insert_with(|| RealServer {
+                weight: 0,
+                ..real.clone()
+            });
+        }
+    }
+}
+
+/// Deletes the draining real servers (in `want`, not in `ruleset`) that
+/// have no active or inactive connection left; returns how many.
+fn finish_drains(c: &Clients, ruleset: &IpvsRuleset, want: &mut KernelState) -> Result<usize, BackendError> {
+    let mut deleted = 0;
+    for (key, (_, reals)) in want.services.iter_mut() {
+        let Some(desired) = ruleset.services.get(key) else {
+            continue;
+        };
+        if reals.keys().all(|id| desired.reals.contains_key(id)) {
+            continue;
+        }
+        for d in c.ipvs.destinations(key).map_err(kernel_err)? {
+            let id = (d.server.addr, d.server.port);
+            if !desired.reals.contains_key(&id) && d.active_conns + d.inactive_conns == 0 {
+                c.ipvs.delete_destination(key, id.0, id.1).map_err(kernel_err)?;
+                reals.remove(&id);
+                deleted += 1;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 /// Adds, edits and deletes the real servers of one virtual server.
 fn apply_reals(c: &Clients, key: &ServiceKey, cur: &Reals, want: &Reals) -> Result<usize, BackendError> {
     let mut n = 0;
@@ -577,19 +629,21 @@ impl Backend for IpvsBackend {
         };
         let inputs = self.family_inputs(desired, &local);
         let ruleset = render::render_ruleset(desired, &inputs, &self.opts);
-        let want = KernelState::from(&ruleset);
+        let mut want = KernelState::from(&ruleset);
         let full = kind == SyncKind::Full || self.programmed.is_none();
         let cur = match (&self.programmed, full) {
             (Some(p), false) => p.clone(),
             (before, _) => read_kernel(&clients, &self.opts, &want, before.as_ref())?,
         };
+        keep_draining(&cur, &mut want);
         if !self.configured {
             configure_kernel(&self.sys, clients.ipvs.as_ref(), &self.opts)?;
             self.configured = true;
         }
         // Until this sync succeeds, nothing is known about the kernel.
         self.programmed = None;
-        let applied = apply_diff(&clients, &cur, &want)?;
+        let mut applied = apply_diff(&clients, &cur, &want)?;
+        applied.reals += finish_drains(&clients, &ruleset, &mut want)?;
         let rule_lines = match self.apply_rules(desired, &inputs, &ruleset.addresses, full) {
             Ok(n) => n,
             Err(e) => {

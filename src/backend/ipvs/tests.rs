@@ -211,7 +211,9 @@ fn one_endpoint_change_touches_only_its_real_servers() {
     m.apply_slice(&slice("web", &["10.244.1.5", "10.244.3.7"]));
     sync(&mut b, &mut m, SyncKind::Partial);
     let ops = f.ipvs.ops();
-    assert_eq!(ops.len(), 8, "one add and one delete per virtual server: {ops:?}");
+    // Per virtual server: the new real server added; the old one drained
+    // (weight 0) and, having no connection, deleted.
+    assert_eq!(ops.len(), 12, "{ops:?}");
     assert!(
         ops.iter().all(|o| o.contains("10.244.3.7") || o.contains("10.244.2.6")),
         "{ops:?}"
@@ -419,4 +421,91 @@ fn kernel_versions_parse_from_release_strings() {
     assert_eq!(kernel_version("6.1.0-57-amd64"), Some((6, 1)));
     assert_eq!(kernel_version("5.10.0\n"), Some((5, 10)));
     assert_eq!(kernel_version("garbage"), None);
+}
+
+#[test]
+fn a_leaving_tcp_real_server_drains_until_its_connections_are_gone_and_can_come_back() {
+    let f = Fakes::new();
+    let mut b = f.backend();
+    let mut m = model();
+    sync(&mut b, &mut m, SyncKind::Full);
+    let cip = tcp("10.96.0.10", 80);
+    let leaving = ip("10.244.2.6");
+    f.ipvs.set_conns(&cip, leaving, 8080, 1, 3);
+    f.ipvs.clear_ops();
+    m.apply_slice(&slice("web", &["10.244.1.5"]));
+    sync(&mut b, &mut m, SyncKind::Partial);
+    let weight = |f: &Fakes| {
+        f.ipvs
+            .destinations(&cip)
+            .expect("list")
+            .into_iter()
+            .find(|d| d.server.addr == leaving)
+            .map(|d| d.server.weight)
+    };
+    assert_eq!(weight(&f), Some(0), "kept with weight 0 while it has connections");
+    assert!(
+        f.ipvs
+            .ops()
+            .contains(&"edit-dest TCP 10.96.0.10:80 -> 10.244.2.6:8080 w0".to_string())
+    );
+    // Nothing changes while connections remain.
+    f.ipvs.clear_ops();
+    sync(&mut b, &mut m, SyncKind::Partial);
+    assert!(f.ipvs.ops().is_empty(), "{:?}", f.ipvs.ops());
+    // It comes back: weight 1 again, nothing deleted.
+    m.apply_slice(&slice("web", &["10.244.1.5", "10.244.2.6"]));
+    sync(&mut b, &mut m, SyncKind::Partial);
+    assert_eq!(weight(&f), Some(1));
+    // It goes again and its connections end: deleted at the next sync,
+    // also after a restart (the drain is read back from the kernel).
+    m.apply_slice(&slice("web", &["10.244.1.5"]));
+    sync(&mut b, &mut m, SyncKind::Partial);
+    assert_eq!(weight(&f), Some(0));
+    f.ipvs.set_conns(&cip, leaving, 8080, 0, 0);
+    let mut restarted = f.backend();
+    sync(
+        &mut restarted,
+        &mut model_with_endpoints(&["10.244.1.5"]),
+        SyncKind::Full,
+    );
+    assert_eq!(weight(&f), None, "drained and deleted");
+}
+
+#[test]
+fn a_leaving_udp_real_server_goes_at_once() {
+    let f = Fakes::new();
+    let mut b = f.backend();
+    let mut m = Model::new("node-a", SelectionOptions::default());
+    m.apply_service(
+        &mk_service("default", "dns")
+            .cluster_ip("10.96.0.53")
+            .port("dns", 53, "UDP")
+            .build(),
+    );
+    let dns = |eps: &[&str]| {
+        mk_slice("default", "dns-1", "dns")
+            .port("dns", 53, "UDP")
+            .endpoints(eps)
+            .build()
+    };
+    m.apply_slice(&dns(&["10.244.1.5", "10.244.2.6"]));
+    sync(&mut b, &mut m, SyncKind::Full);
+    let key = ServiceKey::Addr {
+        protocol: Protocol::Udp,
+        addr: ip("10.96.0.53"),
+        port: 53,
+    };
+    f.ipvs.set_conns(&key, ip("10.244.2.6"), 53, 0, 5);
+    f.ipvs.clear_ops();
+    m.apply_slice(&dns(&["10.244.1.5"]));
+    sync(&mut b, &mut m, SyncKind::Partial);
+    assert_eq!(f.ipvs.ops(), ["delete-dest UDP 10.96.0.53:53 -> 10.244.2.6:53"]);
+}
+
+/// [`model`] with other endpoints for `web`.
+fn model_with_endpoints(eps: &[&str]) -> Model {
+    let mut m = model();
+    m.apply_slice(&slice("web", eps));
+    m
 }
