@@ -17,9 +17,13 @@ mod netns;
 #[path = "support/vm.rs"]
 mod vm;
 
+#[path = "support/datapath.rs"]
+mod datapath;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use datapath::{Mode, cases};
 use kproxy::backend::ipvs::{Clients, IpvsBackend, IpvsOpts};
 use kproxy::backend::{Backend, Settings, SyncKind};
 use kproxy::config::NodePortAddresses;
@@ -58,7 +62,41 @@ const CHECKS: &[(&str, fn())] = &[
         "backend_programs_services_and_changes_only_what_changed",
         backend_programs_services_and_changes_only_what_changed,
     ),
+    // The mode-generic packet suite (tests/support/datapath.rs), ipvs mode.
+    ("dp_cluster_ip", || cases::cluster_ip_reaches_every_endpoint(IPVS)),
+    ("dp_node_port", || cases::node_port_from_client_is_masqueraded(IPVS)),
+    ("dp_node_port_addresses", || {
+        cases::node_port_addresses_limit_where_node_ports_answer(IPVS)
+    }),
+    ("dp_lb_and_external_ips", || {
+        cases::load_balancer_and_external_ips_reach_endpoints(IPVS)
+    }),
+    ("dp_lb_source_ranges", || {
+        cases::lb_source_ranges_admit_only_listed_clients(IPVS)
+    }),
+    ("dp_session_affinity", || {
+        cases::session_affinity_pins_a_client_to_one_endpoint(IPVS)
+    }),
+    ("dp_external_policy_local", || {
+        cases::external_traffic_policy_local_keeps_client_ip_and_local_endpoints(IPVS)
+    }),
+    ("dp_internal_policy_local", || {
+        cases::internal_traffic_policy_local_uses_only_local_endpoints(IPVS)
+    }),
+    ("dp_terminating_endpoints", || {
+        cases::terminating_endpoints_serve_when_none_is_ready(IPVS)
+    }),
+    ("dp_no_endpoints", || cases::service_without_endpoints_rejects(IPVS)),
+    ("dp_hairpin", || cases::hairpin_to_self_through_vip_is_masqueraded(IPVS)),
+    ("dp_udp_conntrack", || {
+        cases::udp_flow_moves_to_new_endpoint_after_conntrack_cleanup(IPVS)
+    }),
+    ("dp_restart", || {
+        cases::restart_keeps_rules_and_established_connections(IPVS)
+    }),
 ];
+
+const IPVS: Mode = Mode::Ipvs;
 
 #[test]
 fn in_vm_suite() {
@@ -109,6 +147,34 @@ fn rtnetlink_dummy_interface_holds_addresses_and_stays_down() {
 #[test]
 fn ipvs_backend_programs_services_and_changes_only_what_changed() {
     expect("backend_programs_services_and_changes_only_what_changed");
+}
+
+/// One host test per packet-suite case run in the VM.
+macro_rules! dp_tests {
+    ($($test:ident => $check:literal,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                expect($check);
+            }
+        )*
+    };
+}
+
+dp_tests! {
+    ipvs_datapath_cluster_ip_reaches_every_endpoint => "dp_cluster_ip",
+    ipvs_datapath_node_port_from_client_is_masqueraded => "dp_node_port",
+    ipvs_datapath_node_port_addresses_limit_node_ports => "dp_node_port_addresses",
+    ipvs_datapath_lb_and_external_ips_reach_endpoints => "dp_lb_and_external_ips",
+    ipvs_datapath_lb_source_ranges_admit_only_listed_clients => "dp_lb_source_ranges",
+    ipvs_datapath_session_affinity_pins_a_client => "dp_session_affinity",
+    ipvs_datapath_external_policy_local => "dp_external_policy_local",
+    ipvs_datapath_internal_policy_local => "dp_internal_policy_local",
+    ipvs_datapath_terminating_endpoints_serve => "dp_terminating_endpoints",
+    ipvs_datapath_service_without_endpoints_rejects => "dp_no_endpoints",
+    ipvs_datapath_hairpin_is_masqueraded => "dp_hairpin",
+    ipvs_datapath_udp_flow_moves_after_conntrack_cleanup => "dp_udp_conntrack",
+    ipvs_datapath_restart_keeps_rules_and_connections => "dp_restart",
 }
 
 // --- in the VM ---------------------------------------------------------------

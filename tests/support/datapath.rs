@@ -47,6 +47,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy::backend::iptables::names::PortChains;
 use kproxy::backend::iptables::{IptablesBackend, Settings};
+use kproxy::backend::ipvs::{Clients, IpvsBackend, IpvsOpts};
 use kproxy::backend::nftables::{self, NftablesBackend};
 use kproxy::backend::{Backend, SyncKind};
 use kproxy::config::NodePortAddresses;
@@ -254,12 +255,15 @@ impl CommandRunner for RecordingRunner {
 pub enum Mode {
     Iptables,
     Nftables,
+    /// Needs a kernel with IPVS: runs in the VM (`tests/ipvs_vm.rs`).
+    Ipvs,
 }
 
 /// A backend of some mode, with access to its mode-specific introspection.
 pub enum ModeBackend {
     Iptables(IptablesBackend),
     Nftables(NftablesBackend),
+    Ipvs(IpvsBackend),
 }
 
 impl ModeBackend {
@@ -267,6 +271,7 @@ impl ModeBackend {
         match self {
             ModeBackend::Iptables(b) => b,
             ModeBackend::Nftables(b) => b,
+            ModeBackend::Ipvs(b) => b,
         }
     }
 }
@@ -276,6 +281,7 @@ impl Mode {
         match self {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
+            Mode::Ipvs => "ipvs",
         }
     }
 
@@ -293,10 +299,11 @@ impl Mode {
                 "sysctl",
             ],
             Mode::Nftables => &["nft", "conntrack", "sysctl"],
+            Mode::Ipvs => &["ipvsadm", "ipset", "iptables-save", "conntrack", "sysctl"],
         }
     }
 
-    fn new_backend(self, sys: Sys, cfg: &DpConfig) -> ModeBackend {
+    fn new_backend(self, sys: Sys, cfg: &DpConfig, node: &Netns) -> ModeBackend {
         match self {
             Mode::Iptables => {
                 let settings = Settings {
@@ -322,6 +329,19 @@ impl Mode {
                 // Stale-chain delay decided from the kernel, as the daemon does.
                 ModeBackend::Nftables(NftablesBackend::new(sys, settings, None))
             }
+            Mode::Ipvs => {
+                let settings = Settings {
+                    masquerade_mark: MASQUERADE_MARK,
+                    masquerade_all: cfg.masquerade_all,
+                    cluster_cidrs: cluster_cidrs(),
+                    nodeport_addresses: cfg.nodeport_addresses.clone(),
+                    localhost_nodeports: false,
+                    conntrack_liberal: false,
+                };
+                // Netlink sockets belong to the namespace they are opened in.
+                let clients = node.run_in(|| Clients::open().unwrap_or_else(|e| panic!("ipvs clients: {e}")));
+                ModeBackend::Ipvs(IpvsBackend::with_clients(sys, settings, IpvsOpts::default(), clients))
+            }
         }
     }
 
@@ -331,6 +351,12 @@ impl Mode {
         match self {
             Mode::Iptables => &[&["iptables-save"], &["ip6tables-save"]],
             Mode::Nftables => &[&["nft", "list", "ruleset"]],
+            Mode::Ipvs => &[
+                &["ipvsadm", "-S", "-n"],
+                &["ipset", "save"],
+                &["iptables-save"],
+                &["ip6tables-save"],
+            ],
         }
     }
 
@@ -361,6 +387,11 @@ impl Mode {
                         .any(|l| l.starts_with("-A KUBE-SEP-") && l.contains("-j DNAT"))
             }
             Mode::Nftables => nft::vip_programmed(dump, vip, port),
+            Mode::Ipvs => {
+                let vs = format!("-t {}", SocketAddr::new(vip, port));
+                dump.lines().any(|l| l.starts_with(&format!("-A {vs} ")))
+                    && dump.lines().any(|l| l.starts_with(&format!("-a {vs} -r ")))
+            }
         }
     }
 
@@ -382,6 +413,20 @@ impl Mode {
                 }
             }
             Mode::Nftables => nft::check_health_check_port(&self.dump(node), port),
+            Mode::Ipvs => {
+                let dump = self.dump(node);
+                let member = format!("add KUBE-HEALTH-CHECK-NODE-PORT {port}");
+                let accept = dump.lines().any(|l| {
+                    l.starts_with("-A KUBE-NODE-PORT ")
+                        && l.contains("--match-set KUBE-HEALTH-CHECK-NODE-PORT dst")
+                        && l.ends_with("-j ACCEPT")
+                });
+                if dump.lines().any(|l| l == member) && accept {
+                    Ok(())
+                } else {
+                    Err(format!("health check port {port} not accepted:\n{dump}"))
+                }
+            }
         }
     }
 
@@ -420,6 +465,7 @@ impl Mode {
                 }
             }
             (Mode::Nftables, ModeBackend::Nftables(b)) => nft::check_partial_input(b, changed, unchanged),
+            (Mode::Ipvs, _) => Err("ipvs mode: partial inputs are checked by its own VM test".into()),
             (mode, _) => Err(format!("the backend is not a {} backend", mode.name())),
         }
     }
@@ -458,6 +504,12 @@ impl Mode {
                 }
             }
             Mode::Nftables => nft::check_no_leftovers(dump, svc),
+            // Nothing in ipvs mode is named after a service; each case's
+            // flows check that a deleted service no longer answers.
+            Mode::Ipvs => {
+                let _ = (dump, svc);
+                Ok(())
+            }
         }
     }
 
@@ -465,7 +517,7 @@ impl Mode {
     /// built-in chains inserted again by a restarted proxy).
     pub fn check_no_duplicate_rules(self, dump: &str) -> Result<(), String> {
         match self {
-            Mode::Iptables => {
+            Mode::Iptables | Mode::Ipvs => {
                 let mut seen = std::collections::BTreeSet::new();
                 // Table sections, counted: the IPv6 dump follows the IPv4 one.
                 let mut section = 0;
@@ -491,7 +543,7 @@ impl Mode {
     /// flush of the whole table/ruleset).
     pub fn check_apply_calls(self, calls: &[Call]) -> Result<(), String> {
         match self {
-            Mode::Iptables => {
+            Mode::Iptables | Mode::Ipvs => {
                 let restores: Vec<&Call> = calls.iter().filter(|c| c.program.ends_with("-restore")).collect();
                 if restores.is_empty() {
                     return Err("no iptables-restore call recorded".into());
@@ -505,12 +557,32 @@ impl Mode {
         }
     }
 
+    /// Which pods a pod reaches through an external address of a service
+    /// with Local external policy and a local endpoint: `cluster` where pod
+    /// traffic is short-circuited to the cluster endpoints (iptables,
+    /// nftables), `local` in ipvs mode, where the address has one virtual
+    /// server with the local real servers (kube-proxy's ipvs mode).
+    pub fn pod_to_local_external<'a>(self, cluster: &'a [usize], local: &'a [usize]) -> &'a [usize] {
+        match self {
+            Mode::Ipvs => local,
+            Mode::Iptables | Mode::Nftables => cluster,
+        }
+    }
+
+    /// Whether an established UDP flow keeps going to a removed endpoint
+    /// until its conntrack entry is deleted. Not in ipvs mode: the real
+    /// server is deleted at once and `expire_nodest_conn=1` moves the flow
+    /// at its next datagram.
+    pub fn keeps_udp_flows_until_conntrack_cleanup(self) -> bool {
+        !matches!(self, Mode::Ipvs)
+    }
+
     /// Whether NodePorts answer on 127.0.0.1. kube-proxy's nftables mode
     /// has no localhost NodePorts (and neither has ours).
     pub fn serves_localhost_node_ports(self) -> bool {
         match self {
             Mode::Iptables => true,
-            Mode::Nftables => false,
+            Mode::Nftables | Mode::Ipvs => false,
         }
     }
 
@@ -1016,7 +1088,7 @@ impl Dp {
             calls,
             topo,
         };
-        dp.backend = Some(mode.new_backend(dp.sys(), &dp.cfg));
+        dp.backend = Some(mode.new_backend(dp.sys(), &dp.cfg, dp.topo.node()));
         Some(dp)
     }
 
@@ -1122,7 +1194,7 @@ impl Dp {
     /// everything, as for a freshly started daemon.
     pub fn restart_backend(&mut self) {
         self.backend = None;
-        self.backend = Some(self.mode.new_backend(self.sys(), &self.cfg));
+        self.backend = Some(self.mode.new_backend(self.sys(), &self.cfg, self.topo.node()));
         self.model.forget_programmed();
     }
 
@@ -1535,9 +1607,10 @@ pub mod cases {
                 .src_own()
                 .tries(8),
             Flow::tcp(Who::Client, tcp(lb)).reaches(&[0]).src_own().tries(8),
-            // Pod traffic to external destinations is short-circuited to the cluster chain.
-            Flow::tcp(Who::Pod(2), SocketAddr::new(ext, 30080)).reaches(&[0, 1]),
-            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(&[0, 1]),
+            // Pod traffic to external destinations is short-circuited to the
+            // cluster chain (not in ipvs mode: one virtual server, local real servers).
+            Flow::tcp(Who::Pod(2), SocketAddr::new(ext, 30080)).reaches(mode.pod_to_local_external(&[0, 1], &[0])),
+            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(mode.pod_to_local_external(&[0, 1], &[0])),
             Flow::tcp(Who::Pod(2), tcp(v4(60))).reaches(&[0, 1]).src_own(),
             // Only remote endpoints: external traffic dropped, internal fine.
             Flow::tcp(Who::Client, SocketAddr::new(ext, 30081)).dropped(),
@@ -1688,6 +1761,10 @@ pub mod cases {
 
         dp.apply(&[], &[slice("dns", &[local(1)]), slice6("dns", &[local6(1)])]);
         let changes = dp.sync(SyncKind::Partial);
+        if !mode.keeps_udp_flows_until_conntrack_cleanup() {
+            assert_eq!(ask_all("after the sync (the old real server is gone)"), ["pod1"; 3]);
+            return;
+        }
         // Rules now say pod1, but the conntrack entries still say pod0 ...
         assert_eq!(ask_all("after the sync, before the cleanup"), ["pod0"; 3]);
         // ... while fresh flows already take the new rules.

@@ -9,9 +9,12 @@
 //! ```
 //!
 //! A route that forwards (Cluster, Local) gets its endpoints as masquerading
-//! real servers of weight 1; a route that does not (Drop, Reject) gets a
-//! virtual server with no real server, as kube-proxy's ipvs mode programs
-//! a service without (local) endpoints. ClientIP affinity is IPVS
+//! real servers of weight 1; Reject gets a virtual server with no real
+//! server (IPVS answers with an ICMP error, as in kube-proxy's ipvs mode);
+//! Drop is a DROP rule in KUBE-IPVS-FILTER (`rules.rs`): the ClusterIP then
+//! has no virtual server (which would answer before the filter for the
+//! node's own traffic), and the external virtual servers keep the cluster
+//! endpoints for pods and the node. ClientIP affinity is IPVS
 //! persistence with the service's timeout. [`render_save`] prints the
 //! result as `ipvsadm-save -n` lists it.
 
@@ -19,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::model::{DesiredState, Endpoint, PlanContext, PortPlan, Protocol as ModelProtocol, ServicePortName};
+use crate::model::{DesiredState, Endpoint, PlanContext, PortPlan, Protocol as ModelProtocol, Route, ServicePortName};
 use crate::sys::ipvs::{Protocol, RealServer, ServiceKey, VirtualServer, fmt_addr_port};
 
 /// The scheduler when none is configured (kube-proxy's default).
@@ -131,11 +134,19 @@ fn render_port(plan: &PortPlan<'_>, input: &FamilyInput, opts: &IpvsOpts, out: &
     let family = plan.family;
     let proto = protocol(port.name.protocol);
     let internal = plan.endpoints(plan.internal);
-    let external = plan.endpoints(plan.external);
-    let mut add = |addr: IpAddr, vport: u16, endpoints: &[Endpoint], bind: bool| {
+    // Local external policy without a local endpoint: pods and the node
+    // still reach the cluster endpoints; other sources are dropped by
+    // KUBE-IPVS-FILTER (rules.rs), as kube-proxy's datapaths do.
+    let external = match plan.external {
+        Route::Drop => plan.cluster,
+        route => plan.endpoints(route),
+    };
+    // `endpoints` None: the address only, no virtual server.
+    let mut add = |addr: IpAddr, vport: u16, endpoints: Option<&[Endpoint]>, bind: bool| {
         if bind {
             out.addresses.insert(addr);
         }
+        let Some(endpoints) = endpoints else { return };
         let key = ServiceKey::Addr {
             protocol: proto,
             addr,
@@ -151,14 +162,17 @@ fn render_port(plan: &PortPlan<'_>, input: &FamilyInput, opts: &IpvsOpts, out: &
         });
     };
     if let Some(ip) = port.cluster_ip(family) {
-        add(ip, port.port, internal, true);
+        // Drop: no virtual server; IPVS would answer with an ICMP error
+        // where KUBE-IPVS-FILTER / -OUT-FILTER drop (rules.rs).
+        let servers = (plan.internal != Route::Drop).then_some(internal);
+        add(ip, port.port, servers, true);
     }
     for ip in port.external_ips(family).chain(port.load_balancer_ips(family)) {
-        add(ip, port.port, external, true);
+        add(ip, port.port, Some(external), true);
     }
     if port.node_port != 0 {
         for ip in &input.nodeport_ips {
-            add(*ip, port.node_port, external, false);
+            add(*ip, port.node_port, Some(external), false);
         }
     }
 }

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 
 use super::names::{self, SetId};
 use super::render::FamilyInput;
-use crate::model::{DesiredState, IpFamily, PortPlan, Protocol, TrafficPolicy};
+use crate::model::{DesiredState, IpFamily, PortPlan, Protocol, Route, TrafficPolicy};
 
 /// The members of every set of one family, and the load-balancer
 /// addresses the node itself may not reach (no source range admits it).
@@ -28,6 +28,9 @@ pub struct FamilySets {
     pub members: BTreeMap<SetId, BTreeSet<String>>,
     /// (LB IP, protocol, port) for `KUBE-IPVS-OUT-FILTER`.
     pub lb_no_node_access: BTreeSet<(IpAddr, &'static str, u16)>,
+    /// Traffic dropped for lack of a local endpoint: (address, protocol,
+    /// port, external only, service port name).
+    pub drops: BTreeSet<(IpAddr, &'static str, u16, bool, String)>,
 }
 
 /// Options of the iptables rules.
@@ -77,6 +80,23 @@ fn add_port_members(plan: &PortPlan<'_>, input: &FamilyInput, out: &mut FamilySe
     let family = plan.family;
     let proto = port.name.protocol.as_lower();
     let local = port.external_policy == TrafficPolicy::Local;
+    let name = port.name.to_string();
+    if plan.internal == Route::Drop
+        && let Some(ip) = port.cluster_ip(family)
+    {
+        out.drops.insert((ip, proto, port.port, false, name.clone()));
+    }
+    if plan.no_local_external() {
+        let external = port.external_ips(family).chain(port.load_balancer_ips(family));
+        for ip in external {
+            out.drops.insert((ip, proto, port.port, true, name.clone()));
+        }
+        if port.node_port != 0 {
+            for ip in &input.nodeport_ips {
+                out.drops.insert((*ip, proto, port.node_port, true, name.clone()));
+            }
+        }
+    }
     for ep in plan.state.family(family).endpoints.iter().filter(|e| e.is_local) {
         out.add(SetId::LoopBack, format!("{},{proto}:{},{}", ep.ip, ep.port, ep.ip));
     }
@@ -376,6 +396,23 @@ pub fn render_iptables(opts: &RuleOpts, sets: &FamilySets, jumps: &[names::Jump]
         comment(SetId::HealthCheckNodePort),
         set(SetId::HealthCheckNodePort)
     ));
+    // No local endpoint: internal traffic dropped from everyone (the node's
+    // own in KUBE-IPVS-OUT-FILTER), external traffic from everyone but pods
+    // and the node.
+    for (ip, proto, port, external, name) in &sets.drops {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        let head =
+            format!("-m comment --comment \"{name} has no local endpoints\" -d {ip}/{len} -p {proto} --dport {port}");
+        if *external {
+            let pods = opts.cluster_cidr.map(|c| format!(" ! -s {c}")).unwrap_or_default();
+            filter.push(format!(
+                "-A KUBE-IPVS-FILTER {head}{pods} -m addrtype ! --src-type LOCAL -j DROP"
+            ));
+        } else {
+            filter.push(format!("-A KUBE-IPVS-FILTER {head} -j DROP"));
+            filter.push(format!("-A KUBE-IPVS-OUT-FILTER {head} -j DROP"));
+        }
+    }
     // No access to the node's own ports through a service address (kubernetes#72236).
     for (id, matching) in [
         (SetId::LoadBalancer, "dst,dst"),

@@ -266,7 +266,7 @@ fn full_sync_repairs_drift_and_leaves_foreign_virtual_servers_alone() {
 }
 
 #[test]
-fn local_policy_without_local_endpoints_keeps_an_empty_virtual_server() {
+fn local_external_policy_without_local_endpoints_drops_only_outside_traffic() {
     let f = Fakes::new();
     let mut m = Model::new("node-a", SelectionOptions::default());
     m.set_node(Some(&mk_node("node-a").internal_ip("192.168.0.10").build()));
@@ -290,9 +290,17 @@ fn local_policy_without_local_endpoints_keeps_an_empty_virtual_server() {
         text.contains("-A -t 10.96.0.10:80 -s rr -p 600\n-a -t 10.96.0.10:80 -r 10.244.2.6:8080"),
         "{text}"
     );
+    // Pods and the node keep the cluster endpoints; everyone else is dropped.
     assert!(
-        text.contains("-A -t 192.168.0.10:30080 -s rr -p 600\n# "),
-        "no local endpoint: {text}"
+        text.contains("-A -t 192.168.0.10:30080 -s rr -p 600\n-a -t 192.168.0.10:30080 -r 10.244.2.6:8080"),
+        "{text}"
+    );
+    let drop = "-A KUBE-IPVS-FILTER -m comment --comment \"default/web:http has no local endpoints\" \
+                -d 192.168.0.10/32 -p tcp --dport 30080 ! -s 10.244.0.0/16 -m addrtype ! --src-type LOCAL -j DROP";
+    assert!(text.lines().any(|l| l == drop), "{text}");
+    assert!(
+        !text.contains("-d 10.96.0.10/32"),
+        "internal traffic is not dropped: {text}"
     );
 }
 
