@@ -20,6 +20,9 @@ mod vm;
 #[path = "support/datapath.rs"]
 mod datapath;
 
+#[path = "support/api_server.rs"]
+mod api_server;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -62,6 +65,7 @@ const CHECKS: &[(&str, fn())] = &[
         "backend_programs_services_and_changes_only_what_changed",
         backend_programs_services_and_changes_only_what_changed,
     ),
+    ("daemon_runs_ipvs_mode_end_to_end", daemon_runs_ipvs_mode_end_to_end),
     // The mode-generic packet suite (tests/support/datapath.rs), ipvs mode.
     ("dp_cluster_ip", || cases::cluster_ip_reaches_every_endpoint(IPVS)),
     ("dp_node_port", || cases::node_port_from_client_is_masqueraded(IPVS)),
@@ -113,7 +117,7 @@ fn in_vm_suite() {
 
 fn expect(name: &str) {
     if !vm::in_vm() {
-        vm::expect_check(IN_VM_TEST, name);
+        vm::expect_check(IN_VM_TEST, &[env!("CARGO_BIN_EXE_kproxy")], name);
     }
 }
 
@@ -147,6 +151,11 @@ fn rtnetlink_dummy_interface_holds_addresses_and_stays_down() {
 #[test]
 fn ipvs_backend_programs_services_and_changes_only_what_changed() {
     expect("backend_programs_services_and_changes_only_what_changed");
+}
+
+#[test]
+fn ipvs_daemon_runs_the_mode_end_to_end() {
+    expect("daemon_runs_ipvs_mode_end_to_end");
 }
 
 /// One host test per packet-suite case run in the VM.
@@ -588,4 +597,137 @@ fn backend_programs_services_and_changes_only_what_changed() {
     assert!(!sets.contains("KUBE-"), "kube-proxy's ipsets destroyed: {sets}");
     let tables = node.exec_ok(&["iptables-save"]);
     assert!(!tables.contains("KUBE-"), "ipvs-mode chains removed: {tables}");
+}
+
+/// GET `path` from `addr` inside `ns`: the status code.
+fn http_status(ns: &Netns, addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = addr.parse().ok()?;
+    let path = path.to_string();
+    ns.run_in(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        buf.split_whitespace().nth(1)?.parse().ok()
+    })
+}
+
+/// The real `kproxy --proxy-mode ipvs` in the node namespace against the
+/// fake API server: ClusterIP and NodePort answer from the outside client,
+/// an endpoint change reaches the kernel, /healthz is 200, rules stay when
+/// it stops, and `--cleanup` removes its IPVS, ipset and iptables state but
+/// not a foreign virtual server.
+fn daemon_runs_ipvs_mode_end_to_end() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let topo = Topology::builder().pods(2).build();
+    topo.start_servers(8080, 5353);
+    let (node, client) = (topo.node(), topo.client());
+    node.exec_ok(&["ipvsadm", "-A", "-t", "198.18.9.9:443", "-s", "wrr"]);
+    let listener = node
+        .tcp_listener("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen in node ns");
+    let api = rt
+        .block_on(api_server::TestApiServer::start_on_std(listener))
+        .expect("api server");
+    let dir = std::env::temp_dir().join(format!("kproxy-ipvs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    api.apply_node(mk_node("node-a").internal_ip(&topo.node_ext_ip().to_string()).build());
+    api.apply_service(
+        mk_service("default", "web")
+            .type_("NodePort")
+            .cluster_ip("198.19.0.10")
+            .node_port("http", 80, "TCP", 30100)
+            .build(),
+    );
+    let pods: Vec<String> = (0..2).map(|i| topo.pod_ip(i).to_string()).collect();
+    let slice = |ips: &[&String]| {
+        ips.iter()
+            .fold(
+                mk_slice("default", "web-1", "web").port("http", 8080, "TCP"),
+                |s, ip| s.endpoint_on(ip, "node-a"),
+            )
+            .build()
+    };
+    api.apply_slice(slice(&[&pods[0], &pods[1]]));
+
+    let log = std::fs::File::create(dir.join("kproxy.log")).expect("log file");
+    let mut cmd = node.command(env!("CARGO_BIN_EXE_kproxy"));
+    cmd.args([
+        "--kubeconfig",
+        &kubeconfig.to_string_lossy(),
+        "--hostname-override",
+        "node-a",
+    ])
+    .args(["--proxy-mode", "ipvs", "--cluster-cidr", "198.18.1.0/24"])
+    .args(["--sync-period", "2s", "--min-sync-period", "0s"])
+    .args([
+        "--metrics-bind-address",
+        "127.0.0.1:10249",
+        "--healthz-bind-address",
+        "127.0.0.1:10256",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(log);
+    let pid = node.spawn(cmd).expect("start kproxy");
+    let show_log = || std::fs::read_to_string(dir.join("kproxy.log")).unwrap_or_default();
+
+    let cip: SocketAddr = "198.19.0.10:80".parse().expect("vip");
+    let reply = client.wait_reply(netns::Proto::Tcp, cip, Duration::from_secs(30));
+    assert!(reply.is_ok(), "ClusterIP not programmed: {reply:?}\n{}", show_log());
+    let nodeport = SocketAddr::new(IpAddr::V4(topo.node_ext_ip()), 30100);
+    for addr in [cip, nodeport] {
+        let tally = client.tally_tcp(addr, 4, TIMEOUT);
+        assert_eq!(
+            (tally.get("pod0"), tally.get("pod1")),
+            (Some(&2), Some(&2)),
+            "{addr}: {tally:?}"
+        );
+    }
+    assert_eq!(http_status(node, "127.0.0.1:10256", "/healthz"), Some(200));
+
+    // pod1 goes away: within a few syncs only pod0 gets new connections.
+    api.apply_slice(slice(&[&pods[0]]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let tally = loop {
+        let t = client.tally_tcp(cip, 4, TIMEOUT);
+        if t.get("pod0") == Some(&4) || std::time::Instant::now() > deadline {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(tally.get("pod0"), Some(&4), "{tally:?}\n{}", show_log());
+
+    // Stopped, the rules stay; --cleanup removes kproxy's state only.
+    node.terminate(pid, Duration::from_secs(5));
+    assert!(
+        client.tally_tcp(cip, 1, TIMEOUT).contains_key("pod0"),
+        "rules stay after stop"
+    );
+    let out = node
+        .exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"])
+        .expect("run cleanup");
+    assert!(
+        out.status.success(),
+        "cleanup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let save = ipvsadm_save(node);
+    assert_eq!(
+        save.trim(),
+        "-A -t 198.18.9.9:443 -s wrr",
+        "only the foreign virtual server is left"
+    );
+    assert!(!node.exec_ok(&["ipset", "list", "-n"]).contains("KUBE-"));
+    assert!(!node.exec_ok(&["iptables-save"]).contains("KUBE-"));
+    assert!(node.ip(&["link", "show", "kube-ipvs0"]).is_err());
+    rt.block_on(api.stop());
+    let _ = std::fs::remove_dir_all(&dir);
 }

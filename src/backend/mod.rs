@@ -173,6 +173,7 @@ pub fn for_mode(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Result<Box
     match cfg.mode {
         ProxyMode::Iptables => Ok(Box::new(iptables_backend(cfg, sys))),
         ProxyMode::Nftables => Ok(Box::new(nftables_backend(cfg, sys))),
+        ProxyMode::Ipvs => Ok(Box::new(ipvs_backend(cfg, sys))),
         mode => Err(BackendError::Unavailable(mode, "not implemented yet".into())),
     }
 }
@@ -181,11 +182,7 @@ pub fn for_mode(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Result<Box
 /// touching the kernel; None when the mode has no renderer yet.
 pub fn renderer(cfg: &crate::config::Config) -> Option<Box<dyn Backend>> {
     let unused = crate::sys::Sys::fake(crate::sys::FakeRunner::new());
-    match cfg.mode {
-        // Renders its virtual servers already; cannot program the node yet.
-        ProxyMode::Ipvs => Some(Box::new(ipvs_backend(cfg, unused))),
-        _ => for_mode(cfg, unused).ok(),
-    }
+    for_mode(cfg, unused).ok()
 }
 
 /// One backend per mode, for `--cleanup`.

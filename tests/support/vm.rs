@@ -95,16 +95,17 @@ fn is_ci() -> bool {
 
 /// The suite's report, booting the VM on first use (once per process).
 /// `in_vm_test` is the name of the #[test] that runs the in-VM body.
-pub fn suite_report(in_vm_test: &str) -> &'static Result<Report, NotRun> {
+/// `extra_bins` are more executables the VM needs at their host paths.
+pub fn suite_report(in_vm_test: &str, extra_bins: &[&str]) -> &'static Result<Report, NotRun> {
     static REPORT: OnceLock<Result<Report, NotRun>> = OnceLock::new();
-    REPORT.get_or_init(|| boot(in_vm_test))
+    REPORT.get_or_init(|| boot(in_vm_test, extra_bins))
 }
 
 /// Host side of one check: passes when the VM reported it passed; skips
 /// (returns) when the VM cannot run outside CI; panics otherwise, with the
 /// check's own output.
-pub fn expect_check(in_vm_test: &str, name: &str) {
-    match suite_report(in_vm_test) {
+pub fn expect_check(in_vm_test: &str, extra_bins: &[&str], name: &str) {
+    match suite_report(in_vm_test, extra_bins) {
         Err(NotRun::Missing(why)) if !is_ci() => eprintln!("SKIP: ipvs VM cannot run: {why}"),
         Err(NotRun::Missing(why)) => panic!("\n\n=== ipvs VM cannot run in CI (CI=true): {why} ===\n"),
         Err(NotRun::Broken(why)) => panic!("ipvs VM run failed: {why}"),
@@ -133,7 +134,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target")))
 }
 
-fn boot(in_vm_test: &str) -> Result<Report, NotRun> {
+fn boot(in_vm_test: &str, extra_bins: &[&str]) -> Result<Report, NotRun> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(NotRun::Missing("not running as root".into()));
@@ -148,6 +149,7 @@ fn boot(in_vm_test: &str) -> Result<Report, NotRun> {
     let initrd = cache.join(format!("initrd-{}.cpio", std::process::id()));
     let _cleanup = RemoveOnDrop(initrd.clone());
     let built = Command::new("bash")
+        .env("KPROXY_VM_BINS", extra_bins.join(" "))
         .arg(BUILDER)
         .arg(&cache)
         .arg(&initrd)

@@ -6,7 +6,8 @@
 # Prints `kernel=PATH` and `initrd=OUT` on stdout. OUT is the cached base
 # archive with a per-run overlay appended: PAYLOAD (debug info stripped, plus
 # the shared libraries ldd names) as /usr/local/bin/payload, run by /init as
-# `payload ARG...` with KPROXY_IN_VM=1. /init prints KPROXY_VM_READY before
+# `payload ARG...` with KPROXY_IN_VM=1, and the files named in KPROXY_VM_BINS
+# at their own paths. /init prints KPROXY_VM_READY before
 # and KPROXY_VM_EXIT=<status> after the payload, then powers the VM off.
 #
 # Why a VM: the host kernel has no ip_vs and cannot load modules. A stock
@@ -17,7 +18,7 @@
 # Everything comes from Debian packages that .ci/run installs: the kernel,
 # busybox-static (shell, mount, modprobe), kmod (depmod), iproute2, ipvsadm,
 # ipset, iptables, bash (ipvsadm-save is a bash script), cpio, xz-utils,
-# binutils (strip, readelf). Exit status 3 means a prerequisite is missing
+# binutils (strip, readelf), ca-certificates. Exit status 3 means a prerequisite is missing
 # (the message says which); anything else non-zero is a build failure.
 #
 # CACHE (target/ipvs-vm) holds per kernel package the unpacked tree and the
@@ -134,6 +135,10 @@ if [ ! -e "$BASE/.ready" ]; then
   XT=/usr/lib/x86_64-linux-gnu/xtables
   mkdir -p "$R$XT"; cp -L "$XT"/*.so "$R$XT/"; copy_libs "$R" /nonexistent "$XT"/*.so
   for f in /etc/protocols /etc/services; do cp -L "$f" "$R$f"; done
+  # kproxy's API client loads the system CA store even for plain http.
+  CA=/etc/ssl/certs/ca-certificates.crt
+  [ -f "$CA" ] || missing "$CA (ca-certificates)"
+  mkdir -p "$R/etc/ssl/certs"; cp -L "$CA" "$R$CA"
   printf 'passwd: files\ngroup: files\nhosts: files\nprotocols: files\nservices: files\n' > "$R/etc/nsswitch.conf"
   printf 'root:x:0:0:root:/root:/bin/sh\n' > "$R/etc/passwd"
   printf 'root:x:0:\n' > "$R/etc/group"
@@ -218,6 +223,15 @@ usr_merge "$O"
 mkdir -p "$O/etc" "$O/usr/local/bin"
 strip --strip-debug -o "$O/usr/local/bin/payload" "$PAYLOAD"
 copy_libs "$O" "$BASE/root" "$PAYLOAD"
+# KPROXY_VM_BINS: more executables, space-separated, each at its own
+# absolute path (so a test can run e.g. target/debug/kproxy by the path
+# Cargo gave it).
+for b in ${KPROXY_VM_BINS:-}; do
+  [ -f "$b" ] || die "KPROXY_VM_BINS: no file $b"
+  mkdir -p "$O$(dirname "$b")"
+  strip --strip-debug -o "$O$b" "$b"
+  copy_libs "$O" "$BASE/root" "$b"
+done
 { printf 'exec /usr/local/bin/payload'; [ $# -eq 0 ] || printf ' %q' "$@"; echo; } > "$O/etc/payload.cmd"
 make_cpio "$O" "$WORK/overlay.cpio"
 cat "$BASE/base.cpio" "$WORK/overlay.cpio" > "$OUT.tmp"

@@ -18,9 +18,9 @@
 //! NodePorts and source ranges; kube-proxy's sysctls and the configured
 //! timeouts are set at the first sync; `excludeCIDRs` ranges are never
 //! touched. A real server leaving a TCP service drains first (weight 0
-//! until its connections are gone; see [`keep_draining`]). The daemon does
-//! not run the mode yet ([`super::for_mode`] refuses it): no end-to-end test
-//! against an API server has proven it.
+//! until its connections are gone; see [`keep_draining`]). Proven against a
+//! real IPVS kernel in a VM (`tests/ipvs_vm.rs`): the mode-generic packet
+//! suite, the backend's own checks and the daemon end to end.
 //!
 //! Ownership: kproxy changes only virtual servers it programs: those on an
 //! address bound to `kube-ipvs0` (which holds only service addresses), those
@@ -408,6 +408,33 @@ impl IpvsBackend {
         Ok(removed)
     }
 
+    /// The NodePorts kube-proxy's sets record (KUBE-NODE-PORT-TCP/-UDP
+    /// members, KUBE-NODE-PORT-SCTP-HASH ports), both families.
+    fn recorded_node_ports(&self) -> BTreeSet<(crate::sys::ipvs::Protocol, u16)> {
+        use crate::sys::ipvs::Protocol as P;
+        let Ok(out) = self.sys.runner.run("ipset", &["save"], None) else {
+            return BTreeSet::new();
+        };
+        let mut ports = BTreeSet::new();
+        for family in IpFamily::ALL {
+            let sets = rules::parse_ipset_save(&out.stdout, family);
+            for (id, proto) in [
+                (SetId::NodePortTcp, P::Tcp),
+                (SetId::NodePortUdp, P::Udp),
+                (SetId::NodePortSctp, P::Sctp),
+            ] {
+                for member in sets.get(&id).into_iter().flatten() {
+                    // bitmap:port: "30080"; hash:ip,port: "10.0.0.1,sctp:30080".
+                    let port = member.rsplit(':').next().and_then(|p| p.parse().ok());
+                    if let Some(port) = port {
+                        ports.insert((proto, port));
+                    }
+                }
+            }
+        }
+        ports
+    }
+
     /// The ipsets and iptables input of one family, for `render`.
     fn render_rules(&self, desired: &DesiredState, input: &FamilyInput, bound: &BTreeSet<IpAddr>) -> String {
         let sets: FamilySets = rules::render_family_sets(desired, input, bound);
@@ -697,16 +724,26 @@ impl Backend for IpvsBackend {
             Err(LinkError::NoSuchLink(_)) => BTreeSet::new(),
             Err(e) => return Err(kernel_err(e)),
         };
-        // Virtual servers on kube-ipvs0's addresses only; where the kernel
-        // has IPVS at all.
+        // Virtual servers kube-proxy's own state names: on kube-ipvs0's
+        // addresses, or NodePorts (ports in KUBE-NODE-PORT-*) on one of the
+        // node's addresses; where the kernel has IPVS at all.
+        let node_ports = self.recorded_node_ports();
+        let local: BTreeSet<IpAddr> = if node_ports.is_empty() {
+            BTreeSet::new()
+        } else {
+            crate::sys::interface_addresses(self.sys.runner.as_ref())
+                .into_iter()
+                .collect()
+        };
         let ipvs: Option<Arc<dyn Ipvs>> = match &self.clients {
             Some(c) => Some(c.ipvs.clone()),
             None => NetlinkIpvs::open().ok().map(|i| Arc::new(i) as Arc<dyn Ipvs>),
         };
-        if let Some(ipvs) = ipvs.filter(|_| !addresses.is_empty()) {
+        if let Some(ipvs) = ipvs.filter(|_| !addresses.is_empty() || !node_ports.is_empty()) {
             for vs in ipvs.services().map_err(kernel_err)? {
-                if let ServiceKey::Addr { addr, .. } = vs.key
-                    && addresses.contains(&addr)
+                if let ServiceKey::Addr { addr, protocol, port } = vs.key
+                    && (addresses.contains(&addr) || (local.contains(&addr) && node_ports.contains(&(protocol, port))))
+                    && !self.opts.is_excluded(&addr)
                 {
                     ipvs.delete_service(&vs.key).map_err(kernel_err)?;
                     removed.push(format!("virtual server {}", vs.key));

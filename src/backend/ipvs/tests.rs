@@ -309,10 +309,14 @@ fn cleanup_removes_only_kube_ipvs0_servers_the_interface_and_kube_proxys_sets() 
     let f = Fakes {
         runner: FakeRunner::with_responder(|call| CommandOutput {
             status: 0,
-            stdout: if call.args.first().map(String::as_str) == Some("list") {
-                "KUBE-CLUSTER-IP\ncali40all-ipam-pools\nKUBE-6-LOOP-BACK\nKUBE-MINE\n".into()
-            } else {
-                String::new()
+            stdout: match (call.program.as_str(), call.args.first().map(String::as_str)) {
+                ("ipset", Some("list")) => {
+                    "KUBE-CLUSTER-IP\ncali40all-ipam-pools\nKUBE-6-LOOP-BACK\nKUBE-MINE\n".into()
+                }
+                // kube-proxy's record of its NodePorts, and the node's addresses.
+                ("ipset", Some("save")) => "add KUBE-NODE-PORT-TCP 30080\n".into(),
+                ("ip", _) => "2: eth0    inet 192.168.0.10/24 brd 192.168.0.255 scope global eth0\n".into(),
+                _ => String::new(),
             },
             stderr: String::new(),
         }),
@@ -325,9 +329,9 @@ fn cleanup_removes_only_kube_ipvs0_servers_the_interface_and_kube_proxys_sets() 
     f.ipvs.add_service(&foreign).expect("foreign");
     b.cleanup().expect("cleanup");
     let left: Vec<ServiceKey> = f.ipvs.services().expect("list").into_iter().map(|s| s.key).collect();
-    // The NodePort server is on a node address: kproxy cannot tell it from
-    // someone else's after a restart, so cleanup leaves it (as the foreign one).
-    assert_eq!(left, [tcp("192.168.0.10", 443), tcp("192.168.0.10", 30080)]);
+    // The NodePort server goes (its port is in KUBE-NODE-PORT-TCP); the
+    // foreign one on the same node address stays.
+    assert_eq!(left, [tcp("192.168.0.10", 443)]);
     assert!(f.links.addresses(DUMMY_INTERFACE).is_err(), "interface gone");
     let destroyed: Vec<String> = f
         .runner
