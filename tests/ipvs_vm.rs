@@ -599,8 +599,8 @@ fn backend_programs_services_and_changes_only_what_changed() {
     assert!(!tables.contains("KUBE-"), "ipvs-mode chains removed: {tables}");
 }
 
-/// GET `path` from `addr` inside `ns`: the status code.
-fn http_status(ns: &Netns, addr: &str, path: &str) -> Option<u16> {
+/// GET `path` from `addr` inside `ns`: the status code and the whole response.
+fn http_get(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let addr: SocketAddr = addr.parse().ok()?;
     let path = path.to_string();
@@ -610,13 +610,14 @@ fn http_status(ns: &Netns, addr: &str, path: &str) -> Option<u16> {
         write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
-        buf.split_whitespace().nth(1)?.parse().ok()
+        Some((buf.split_whitespace().nth(1)?.parse().ok()?, buf))
     })
 }
 
 /// The real `kproxy --proxy-mode ipvs` in the node namespace against the
 /// fake API server: ClusterIP and NodePort answer from the outside client,
-/// an endpoint change reaches the kernel, /healthz is 200, rules stay when
+/// an endpoint change reaches the kernel, /healthz is 200 and /metrics has
+/// kube-proxy's sync metrics, rules stay when
 /// it stops, and `--cleanup` removes its IPVS, ipset and iptables state but
 /// not a foreign virtual server.
 fn daemon_runs_ipvs_mode_end_to_end() {
@@ -691,7 +692,15 @@ fn daemon_runs_ipvs_mode_end_to_end() {
             "{addr}: {tally:?}"
         );
     }
-    assert_eq!(http_status(node, "127.0.0.1:10256", "/healthz"), Some(200));
+    assert_eq!(http_get(node, "127.0.0.1:10256", "/healthz").map(|r| r.0), Some(200));
+    let (code, metrics) = http_get(node, "127.0.0.1:10249", "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+        "kubeproxy_sync_proxy_rules_no_local_endpoints_total{",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
 
     // pod1 goes away: within a few syncs only pod0 gets new connections.
     api.apply_slice(slice(&[&pods[0]]));

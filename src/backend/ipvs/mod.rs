@@ -447,6 +447,36 @@ impl IpvsBackend {
     }
 }
 
+/// Per family with service ports: the sync's time and the service ports
+/// whose internal / external traffic is dropped for lack of a local
+/// endpoint (`kubeproxy_sync_proxy_rules_no_local_endpoints_total`).
+fn family_stats(
+    desired: &DesiredState,
+    inputs: &[FamilyInput],
+    elapsed: std::time::Duration,
+) -> Vec<super::FamilyStats> {
+    inputs
+        .iter()
+        .filter(|i| i.ctx.family == IpFamily::V4 || desired.ports_of(i.ctx.family).next().is_some())
+        .map(|input| {
+            let (mut internal, mut external) = (0, 0);
+            for state in desired.ports_of(input.ctx.family) {
+                let no_local = crate::model::PortPlan::new(state, &input.ctx).no_local();
+                internal += usize::from(no_local.internal);
+                external += usize::from(no_local.external);
+            }
+            super::FamilyStats {
+                family: input.ctx.family,
+                elapsed,
+                rules_total: Vec::new(),
+                rules_last: Vec::new(),
+                no_local_internal: internal,
+                no_local_external: external,
+            }
+        })
+        .collect()
+}
+
 /// What kproxy owns in the kernel now: virtual servers on `kube-ipvs0`
 /// addresses, wanted ones, and earlier-programmed ones; with their real
 /// servers. Creates `kube-ipvs0` if it is missing.
@@ -645,6 +675,7 @@ impl Backend for IpvsBackend {
     }
 
     fn sync(&mut self, desired: &DesiredState, changes: &ChangeSet, kind: SyncKind) -> Result<SyncStats, BackendError> {
+        let started = std::time::Instant::now();
         let clients = self.clients()?;
         let local = if matches!(
             self.settings.nodeport_addresses,
@@ -692,7 +723,7 @@ impl Backend for IpvsBackend {
             ports_total: desired.ports.len(),
             rules_written: applied.services + applied.reals + applied.addresses + rule_lines,
             bytes_written: 0,
-            families: Vec::new(),
+            families: family_stats(desired, &inputs, started.elapsed()),
         })
     }
 

@@ -285,6 +285,13 @@ fn local_external_policy_without_local_endpoints_drops_only_outside_traffic() {
             .endpoint_on("10.244.2.6", "node-b")
             .build(),
     );
+    // kube-proxy's no-local-endpoints metric: one port dropping external traffic.
+    let stats = sync(&mut f.backend(), &mut m, SyncKind::Full);
+    let v4 = &stats.families[0];
+    assert_eq!(
+        (v4.family, v4.no_local_internal, v4.no_local_external),
+        (IpFamily::V4, 0, 1)
+    );
     let text = f.backend().render(&m.desired());
     assert!(
         text.contains("-A -t 10.96.0.10:80 -s rr -p 600\n-a -t 10.96.0.10:80 -r 10.244.2.6:8080"),
