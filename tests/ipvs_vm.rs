@@ -98,6 +98,12 @@ const CHECKS: &[(&str, fn())] = &[
     ("dp_restart", || {
         cases::restart_keeps_rules_and_established_connections(IPVS)
     }),
+    ("dp_ipv6", || cases::ipv6_cluster_ip_reaches_endpoints(IPVS)),
+    ("dp_lifecycle", || cases::partial_syncs_follow_a_service_lifecycle(IPVS)),
+    (
+        "scheduler_mh_is_programmed_with_source_port_hashing",
+        scheduler_mh_is_programmed_with_source_port_hashing,
+    ),
 ];
 
 const IPVS: Mode = Mode::Ipvs;
@@ -184,6 +190,9 @@ dp_tests! {
     ipvs_datapath_hairpin_is_masqueraded => "dp_hairpin",
     ipvs_datapath_udp_flow_moves_after_conntrack_cleanup => "dp_udp_conntrack",
     ipvs_datapath_restart_keeps_rules_and_connections => "dp_restart",
+    ipvs_datapath_ipv6_cluster_ip_reaches_endpoints => "dp_ipv6",
+    ipvs_datapath_partial_syncs_follow_a_service_lifecycle => "dp_lifecycle",
+    ipvs_backend_scheduler_mh_with_source_port_hashing => "scheduler_mh_is_programmed_with_source_port_hashing",
 }
 
 // --- in the VM ---------------------------------------------------------------
@@ -739,4 +748,63 @@ fn daemon_runs_ipvs_mode_end_to_end() {
     assert!(node.ip(&["link", "show", "kube-ipvs0"]).is_err());
     rt.block_on(api.stop());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ipvs.scheduler: mh`: the kernel holds mh with kube-proxy's mh-port flag
+/// (no re-edit at the next full sync), and traffic flows through it.
+fn scheduler_mh_is_programmed_with_source_port_hashing() {
+    let topo = Topology::builder().pods(2).build();
+    topo.start_servers(8080, 8080);
+    let node = topo.node();
+    let (ipvs, links) = clients(node);
+    let clients = Clients {
+        ipvs: Arc::new(ipvs),
+        links: Arc::new(links),
+    };
+    let settings = Settings {
+        masquerade_mark: 0x4000,
+        masquerade_all: false,
+        cluster_cidrs: vec!["198.18.1.0/24".parse().expect("cidr")],
+        nodeport_addresses: NodePortAddresses::Primary,
+        localhost_nodeports: false,
+        conntrack_liberal: false,
+    };
+    let opts = IpvsOpts {
+        scheduler: "mh".into(),
+        ..IpvsOpts::default()
+    };
+    let mut b = IpvsBackend::with_clients(Sys::in_netns(node.name()), settings, opts, clients);
+    let mut m = Model::new("node", SelectionOptions::default());
+    let vip = vip4(20);
+    m.apply_service(
+        &mk_service("default", "web")
+            .cluster_ip(&vip.to_string())
+            .port("http", 80, "TCP")
+            .build(),
+    );
+    let eps: Vec<String> = (0..2).map(|i| topo.pod_ip(i).to_string()).collect();
+    m.apply_slice(
+        &mk_slice("default", "web-1", "web")
+            .port("http", 8080, "TCP")
+            .endpoints(&[&eps[0], &eps[1]])
+            .build(),
+    );
+    let (desired, changes) = (m.desired(), m.changes());
+    b.sync(&desired, &changes, SyncKind::Full).expect("sync");
+    m.ack(&changes);
+    let save = ipvsadm_save(node);
+    assert!(
+        save.lines().any(|l| l == format!("-A -t {vip}:80 -s mh -b mh-port")),
+        "{save}"
+    );
+    let tally = topo
+        .client()
+        .tally_tcp(SocketAddr::new(IpAddr::V4(vip), 80), 6, TIMEOUT);
+    assert!(
+        tally.keys().all(|k| k.starts_with("pod")) && tally.values().sum::<usize>() == 6,
+        "every connection answered by a pod: {tally:?}"
+    );
+    // Read back from the kernel, the flag matches: a full sync edits nothing.
+    b.sync(&m.desired(), &m.changes(), SyncKind::Full).expect("sync");
+    assert_eq!(ipvsadm_save(node), save);
 }

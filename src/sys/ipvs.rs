@@ -71,6 +71,9 @@ const IPVS_DEST_ATTR_ADDR_FAMILY: u16 = 11;
 
 /// `IP_VS_SVC_F_PERSISTENT`: ClientIP affinity.
 pub const FLAG_PERSISTENT: u32 = 0x1;
+/// `IP_VS_SVC_F_SCHED2`: for `mh` (and `sh`), hash the source port too;
+/// kube-proxy sets it with `mh`.
+pub const FLAG_SCHED_PORT: u32 = 0x10;
 /// `IP_VS_SVC_F_HASHED`: set by the kernel on every listed service; never
 /// ours to set or compare.
 const FLAG_HASHED: u32 = 0x2;

@@ -178,7 +178,11 @@ fn render_port(plan: &PortPlan<'_>, input: &FamilyInput, opts: &IpvsOpts, out: &
 }
 
 fn virtual_server(key: ServiceKey, plan: &PortPlan<'_>, opts: &IpvsOpts) -> VirtualServer {
-    let vs = VirtualServer::new(key, opts.scheduler.clone());
+    let mut vs = VirtualServer::new(key, opts.scheduler.clone());
+    if opts.scheduler == "mh" {
+        // As kube-proxy: Maglev hashing over source address and port.
+        vs.flags |= crate::sys::ipvs::FLAG_SCHED_PORT;
+    }
     match plan.affinity {
         Some(timeout) => vs.persistent(timeout),
         None => vs,
@@ -195,6 +199,9 @@ pub fn render_save(r: &IpvsRuleset) -> String {
         };
         let target = format!("{} {}", protocol.ipvsadm_flag(), fmt_addr_port(*addr, *port));
         let _ = write!(s, "-A {target} -s {}", svc.server.scheduler);
+        if svc.server.flags & crate::sys::ipvs::FLAG_SCHED_PORT != 0 {
+            let _ = write!(s, " -b {}-port", svc.server.scheduler);
+        }
         if svc.server.is_persistent() {
             let _ = write!(s, " -p {}", svc.server.timeout);
         }
