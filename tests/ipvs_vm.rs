@@ -98,6 +98,10 @@ const CHECKS: &[(&str, fn())] = &[
     ("dp_restart", || {
         cases::restart_keeps_rules_and_established_connections(IPVS)
     }),
+    (
+        "exclude_cidrs_virtual_server_is_left_untouched",
+        exclude_cidrs_virtual_server_is_left_untouched,
+    ),
     ("dp_ipv6", || cases::ipv6_cluster_ip_reaches_endpoints(IPVS)),
     ("dp_lifecycle", || cases::partial_syncs_follow_a_service_lifecycle(IPVS)),
     (
@@ -190,6 +194,7 @@ dp_tests! {
     ipvs_datapath_hairpin_is_masqueraded => "dp_hairpin",
     ipvs_datapath_udp_flow_moves_after_conntrack_cleanup => "dp_udp_conntrack",
     ipvs_datapath_restart_keeps_rules_and_connections => "dp_restart",
+    ipvs_backend_leaves_exclude_cidrs_alone => "exclude_cidrs_virtual_server_is_left_untouched",
     ipvs_datapath_ipv6_cluster_ip_reaches_endpoints => "dp_ipv6",
     ipvs_datapath_partial_syncs_follow_a_service_lifecycle => "dp_lifecycle",
     ipvs_backend_scheduler_mh_with_source_port_hashing => "scheduler_mh_is_programmed_with_source_port_hashing",
@@ -807,4 +812,50 @@ fn scheduler_mh_is_programmed_with_source_port_hashing() {
     // Read back from the kernel, the flag matches: a full sync edits nothing.
     b.sync(&m.desired(), &m.changes(), SyncKind::Full).expect("sync");
     assert_eq!(ipvsadm_save(node), save);
+}
+
+/// `excludeCIDRs`: a virtual server on a kube-ipvs0 address inside an
+/// excluded range (e.g. a VIP another component manages) survives a full
+/// sync that would otherwise remove it as stale; outside the range it goes.
+fn exclude_cidrs_virtual_server_is_left_untouched() {
+    let node = Netns::new("node").expect("netns");
+    let (ipvs, links) = clients(&node);
+    let clients = Clients {
+        ipvs: Arc::new(ipvs),
+        links: Arc::new(links),
+    };
+    // Two "stale-looking" virtual servers on kube-ipvs0 addresses.
+    node.exec_ok(&["ip", "link", "add", "kube-ipvs0", "type", "dummy"]);
+    for (vip, port) in [("198.19.50.1", "80"), ("198.19.60.1", "80")] {
+        node.exec_ok(&["ip", "addr", "add", &format!("{vip}/32"), "dev", "kube-ipvs0"]);
+        node.exec_ok(&["ipvsadm", "-A", "-t", &format!("{vip}:{port}"), "-s", "rr"]);
+    }
+    let settings = Settings {
+        masquerade_mark: 0x4000,
+        masquerade_all: false,
+        cluster_cidrs: Vec::new(),
+        nodeport_addresses: NodePortAddresses::Primary,
+        localhost_nodeports: false,
+        conntrack_liberal: false,
+    };
+    let opts = IpvsOpts {
+        exclude_cidrs: vec!["198.19.50.0/24".parse().expect("cidr")],
+        ..IpvsOpts::default()
+    };
+    let mut b = IpvsBackend::with_clients(Sys::in_netns(node.name()), settings, opts, clients);
+    let mut m = Model::new("node", SelectionOptions::default());
+    let (desired, changes) = (m.desired(), m.changes());
+    b.sync(&desired, &changes, SyncKind::Full).expect("sync");
+    m.ack(&changes);
+    let save = ipvsadm_save(&node);
+    assert_eq!(
+        save.trim(),
+        "-A -t 198.19.50.1:80 -s rr",
+        "excluded kept, stale one removed"
+    );
+    let addrs = node.exec_ok(&["ip", "-o", "addr", "show", "dev", "kube-ipvs0"]);
+    assert!(
+        addrs.contains("198.19.50.1/32") && !addrs.contains("198.19.60.1"),
+        "the excluded address stays bound: {addrs}"
+    );
 }

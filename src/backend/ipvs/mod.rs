@@ -489,11 +489,13 @@ fn read_kernel(
     if c.links.ensure_dummy(DUMMY_INTERFACE).map_err(kernel_err)? {
         info!(interface = DUMMY_INTERFACE, "Created the service address interface");
     }
+    // Addresses in excludeCIDRs are not kproxy's: never unbound.
     let addresses: BTreeSet<IpAddr> = c
         .links
         .addresses(DUMMY_INTERFACE)
         .map_err(kernel_err)?
         .into_iter()
+        .filter(|a| !opts.is_excluded(a))
         .collect();
     let owned = |key: &ServiceKey| {
         let (on_dummy, excluded) = match key {

@@ -433,6 +433,13 @@ fn exclude_cidrs_are_never_touched() {
     f.ipvs.add_service(&kept).expect("add");
     sync(&mut f.backend(), &mut model(), SyncKind::Full);
     assert!(f.ipvs.services().expect("list").contains(&kept));
+    assert!(
+        f.links
+            .addresses(DUMMY_INTERFACE)
+            .expect("addrs")
+            .contains(&ip("10.96.9.9")),
+        "address kept"
+    );
 }
 
 #[test]
