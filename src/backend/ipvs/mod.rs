@@ -480,11 +480,20 @@ fn family_stats(
 /// What kproxy owns in the kernel now: virtual servers on `kube-ipvs0`
 /// addresses, wanted ones, and earlier-programmed ones; with their real
 /// servers. Creates `kube-ipvs0` if it is missing.
+/// What kproxy's own records name on the node: NodePorts (protocol, port)
+/// in kube-proxy's KUBE-NODE-PORT-* sets, and the addresses they live on.
+#[derive(Debug, Default)]
+struct NodePortRecord {
+    ports: BTreeSet<(crate::sys::ipvs::Protocol, u16)>,
+    addresses: BTreeSet<IpAddr>,
+}
+
 fn read_kernel(
     c: &Clients,
     opts: &IpvsOpts,
     want: &KernelState,
     before: Option<&KernelState>,
+    node_ports: &NodePortRecord,
 ) -> Result<KernelState, BackendError> {
     if c.links.ensure_dummy(DUMMY_INTERFACE).map_err(kernel_err)? {
         info!(interface = DUMMY_INTERFACE, "Created the service address interface");
@@ -497,13 +506,22 @@ fn read_kernel(
         .into_iter()
         .filter(|a| !opts.is_excluded(a))
         .collect();
+    // A stale NodePort (its service deleted while kproxy was down) is
+    // recognised by kube-proxy's own KUBE-NODE-PORT-* record.
     let owned = |key: &ServiceKey| {
-        let (on_dummy, excluded) = match key {
-            ServiceKey::Addr { addr, .. } => (addresses.contains(addr), opts.is_excluded(addr)),
-            ServiceKey::Fwmark { .. } => (false, false),
+        let (on_dummy, recorded, excluded) = match key {
+            ServiceKey::Addr { addr, protocol, port } => (
+                addresses.contains(addr),
+                node_ports.addresses.contains(addr) && node_ports.ports.contains(&(*protocol, *port)),
+                opts.is_excluded(addr),
+            ),
+            ServiceKey::Fwmark { .. } => (false, false, false),
         };
         !excluded
-            && (on_dummy || want.services.contains_key(key) || before.is_some_and(|b| b.services.contains_key(key)))
+            && (on_dummy
+                || recorded
+                || want.services.contains_key(key)
+                || before.is_some_and(|b| b.services.contains_key(key)))
     };
     let mut services = BTreeMap::new();
     for vs in c.ipvs.services().map_err(kernel_err)? {
@@ -693,7 +711,17 @@ impl Backend for IpvsBackend {
         let full = kind == SyncKind::Full || self.programmed.is_none();
         let cur = match (&self.programmed, full) {
             (Some(p), false) => p.clone(),
-            (before, _) => read_kernel(&clients, &self.opts, &want, before.as_ref())?,
+            (before, _) => {
+                let record = NodePortRecord {
+                    ports: self.recorded_node_ports(),
+                    addresses: inputs
+                        .iter()
+                        .flat_map(|i| i.nodeport_ips.iter().copied())
+                        .chain(local.iter().copied())
+                        .collect(),
+                };
+                read_kernel(&clients, &self.opts, &want, before.as_ref(), &record)?
+            }
         };
         keep_draining(&cur, &mut want);
         if !self.configured {

@@ -535,3 +535,29 @@ fn model_with_endpoints(eps: &[&str]) -> Model {
     m.apply_slice(&slice("web", eps));
     m
 }
+
+#[test]
+fn a_restart_removes_a_node_port_deleted_meanwhile_but_not_a_foreign_server() {
+    let f = Fakes {
+        runner: FakeRunner::with_responder(|call| CommandOutput {
+            status: 0,
+            // kube-proxy's record of the NodePorts it programmed.
+            stdout: if call.program == "ipset" && call.args.first().map(String::as_str) == Some("save") {
+                "add KUBE-NODE-PORT-TCP 30080\n".into()
+            } else {
+                String::new()
+            },
+            stderr: String::new(),
+        }),
+        ..Fakes::new()
+    };
+    sync(&mut f.backend(), &mut model(), SyncKind::Full);
+    let foreign = VirtualServer::new(tcp("192.168.0.10", 443), "wrr");
+    f.ipvs.add_service(&foreign).expect("foreign");
+    // Restart: every service was deleted while kproxy was down.
+    let mut empty = Model::new("node-a", SelectionOptions::default());
+    empty.set_node(Some(&mk_node("node-a").internal_ip("192.168.0.10").build()));
+    sync(&mut f.backend(), &mut empty, SyncKind::Full);
+    let left: Vec<ServiceKey> = f.ipvs.services().expect("list").into_iter().map(|s| s.key).collect();
+    assert_eq!(left, [tcp("192.168.0.10", 443)]);
+}
