@@ -1,8 +1,13 @@
 //! iptables mode benchmarks: every figure a ratio measured in this run.
 //!
-//! - `render/N`: criterion timing of rendering N services × 10 endpoints
-//!   (pure; compare sizes with each other).
-//! - The sync report (root only, in throwaway network namespaces): for each
+//! The cluster is N ClusterIP services × 10 ready endpoints from
+//! `kproxy::model::synth`, set up in benches/support (shared with the
+//! nftables bench).
+//!
+//! - `render/N`: criterion timing of rendering it (pure; compare sizes with
+//!   each other).
+//! - The sync report (root only, in throwaway network namespaces from
+//!   tests/support/netns.rs): for each
 //!   iptables variant and size, kproxy's full sync and one-endpoint-change
 //!   sync, each divided by the raw `iptables-restore` of the same rules in
 //!   the same run:
@@ -14,71 +19,25 @@
 //! `cargo bench --bench iptables` runs everything (sizes from
 //! `KPROXY_BENCH_SIZES`, default `1000,10000`); under `cargo test` it runs
 //! once at a tiny size as a smoke test.
-#![allow(clippy::disallowed_types)] // the bench runs `ip netns` directly
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::hint::black_box;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
-use kproxy::backend::iptables::{IptablesBackend, Settings, Variant, render};
+use kproxy::backend::iptables::{IptablesBackend, Variant, render};
 use kproxy::backend::{Backend, SyncKind};
-use kproxy::config::NodePortAddresses;
-use kproxy::model::builders::{mk_service, mk_slice};
-use kproxy::model::{IpFamily, Model, SelectionOptions};
+use kproxy::model::IpFamily;
 use kproxy::sys::Sys;
-
-const ENDPOINTS: usize = 10;
-
-fn settings() -> Settings {
-    Settings {
-        masquerade_mark: 0x4000,
-        masquerade_all: false,
-        cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
-        nodeport_addresses: NodePortAddresses::All,
-        localhost_nodeports: true,
-        conntrack_liberal: false,
-    }
-}
-
-/// A model with `n` ClusterIP services of `ENDPOINTS` endpoints each.
-fn cluster(n: usize) -> Model {
-    let mut m = Model::new("node-a", SelectionOptions::default());
-    for i in 0..n {
-        let name = format!("svc-{i}");
-        let vip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
-        m.apply_service(
-            &mk_service("bench", &name)
-                .cluster_ip(&vip)
-                .port("http", 80, "TCP")
-                .build(),
-        );
-        m.apply_slice(&slice(&name, i, 0));
-    }
-    m
-}
-
-/// The slice of service `i`, with endpoint addresses shifted by `gen`.
-fn slice(name: &str, i: usize, generation: usize) -> k8s_openapi::api::discovery::v1::EndpointSlice {
-    let eps: Vec<String> = (0..ENDPOINTS)
-        .map(|e| {
-            let k = i * ENDPOINTS + e + generation;
-            format!("10.{}.{}.{}", 128 + k / 65536, (k / 256) % 256, k % 256)
-        })
-        .collect();
-    let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
-    mk_slice("bench", &format!("{name}-1"), name)
-        .port("http", 8080, "TCP")
-        .endpoints(&refs)
-        .build()
-}
+use support::{Cluster, ENDPOINTS, iptables_settings as settings};
 
 fn bench_render(c: &mut Criterion, sizes: &[usize]) {
     let mut group = c.benchmark_group("render");
     group.sample_size(10);
     for &n in sizes {
-        let desired = cluster(n).desired();
+        let desired = Cluster::new(n).model().desired();
         let opts = settings().render_opts(IpFamily::V4, &desired.node, &[], true);
         group.bench_with_input(BenchmarkId::from_parameter(n), &desired, |b, d| {
             b.iter(|| black_box(render::render_full(d, &opts)))
@@ -87,46 +46,14 @@ fn bench_render(c: &mut Criterion, sizes: &[usize]) {
     group.finish();
 }
 
-/// A throwaway network namespace, deleted on drop.
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("kpbench-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .map(|s| s.success());
-        assert!(matches!(ok, Ok(true)), "cannot create netns {name}");
-        Ns(name)
-    }
-
-    /// Times a raw restore of `input` in this namespace.
-    fn restore(&self, tool: &str, noflush: bool, input: &str) -> Duration {
-        use std::io::Write;
-        let mut args = vec!["netns", "exec", &self.0, tool, "-w", "5"];
-        if noflush {
-            args.push("--noflush");
-        }
-        let start = Instant::now();
-        let mut child = Command::new("ip")
-            .args(&args)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let status = child.wait().unwrap();
-        let took = start.elapsed();
-        assert!(status.success(), "{tool} failed");
-        took
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
+/// Times a raw restore of `input` in `ns`.
+fn restore(ns: &support::netns::Netns, tool: &str, noflush: bool, input: &str) -> Duration {
+    let args: &[&str] = if noflush {
+        &["-w", "5", "--noflush"]
+    } else {
+        &["-w", "5"]
+    };
+    support::time_load(ns, tool, args, input)
 }
 
 fn full_text_with_jumps(desired: &kproxy::model::DesiredState, opts: &render::RenderOpts) -> String {
@@ -157,10 +84,11 @@ struct Row {
 
 fn measure(variant: Variant, n: usize) -> Row {
     let tool = variant.tool(IpFamily::V4, "iptables-restore");
-    let mut model = cluster(n);
+    let mut cluster = Cluster::new(n);
+    let mut model = cluster.model();
     // kproxy: full sync into an empty namespace.
-    let ns = Ns::new(&format!("{n}-ours"));
-    let mut backend = IptablesBackend::new(Sys::in_netns(&ns.0), settings(), Some(variant));
+    let ns = support::namespace(&format!("ipt-{n}"));
+    let mut backend = IptablesBackend::new(Sys::in_netns(ns.name()), settings(), Some(variant));
     let (desired, changes) = (model.desired(), model.changes());
     let start = Instant::now();
     backend.sync(&desired, &changes, SyncKind::Full).unwrap();
@@ -172,8 +100,8 @@ fn measure(variant: Variant, n: usize) -> Row {
     // commit), loaded the fastest way: empty namespace, table flushed.
     let opts = settings().render_opts(IpFamily::V4, &desired.node, &[], true);
     let text = full_text_with_jumps(&desired, &opts);
-    let raw_ns = Ns::new(&format!("{n}-raw"));
-    let raw_full = raw_ns.restore(&tool, false, &text);
+    let raw_ns = support::namespace(&format!("ipt-{n}-raw"));
+    let raw_full = restore(&raw_ns, &tool, false, &text);
 
     // One endpoint of one service changes; the best of a few such syncs
     // (each a different service) is reported.
@@ -181,7 +109,7 @@ fn measure(variant: Variant, n: usize) -> Row {
     let mut delta = String::new();
     for round in 0..3 {
         let i = n / 2 + round;
-        model.apply_slice(&slice(&format!("svc-{i}"), i, 1));
+        model.apply_slice(&cluster.change(i));
         let (desired, changes) = (model.desired(), model.changes());
         let start = Instant::now();
         backend.sync(&desired, &changes, SyncKind::Partial).unwrap();
@@ -196,7 +124,7 @@ fn measure(variant: Variant, n: usize) -> Row {
         partial = partial.min(took);
     }
     // The same delta, raw, against the same starting rules.
-    let raw_partial = raw_ns.restore(&tool, true, &delta);
+    let raw_partial = restore(&raw_ns, &tool, true, &delta);
     Row {
         variant,
         n,
@@ -208,8 +136,7 @@ fn measure(variant: Variant, n: usize) -> Row {
 }
 
 fn sync_report(sizes: &[usize]) {
-    let root = unsafe_free_is_root();
-    if !root || Command::new("ip").arg("-V").output().is_err() {
+    if !support::can_load(&[]) {
         println!("sync report skipped: needs root and iproute2 (render benchmarks ran)");
         return;
     }
@@ -220,7 +147,7 @@ fn sync_report(sizes: &[usize]) {
             continue;
         }
         let tool = variant.tool(IpFamily::V4, "iptables-restore");
-        if Command::new(&tool).arg("--version").output().is_err() {
+        if !support::has_tool(&tool) {
             println!("{tool} not installed; skipping {variant:?}");
             continue;
         }
@@ -256,27 +183,10 @@ fn sync_report(sizes: &[usize]) {
     }
 }
 
-fn unsafe_free_is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 fn main() {
-    let bench_mode = std::env::args().any(|a| a == "--bench");
-    let sizes: Vec<usize> = if bench_mode {
-        std::env::var("KPROXY_BENCH_SIZES")
-            .unwrap_or_else(|_| "1000,10000".into())
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect()
-    } else {
-        vec![20]
-    };
+    let sizes = support::sizes();
     let mut c = Criterion::default().configure_from_args();
-    let render_sizes: Vec<usize> = if bench_mode {
+    let render_sizes: Vec<usize> = if support::bench_mode() {
         let mut s = sizes.clone();
         if !s.contains(&30000) {
             s.push(30000);

@@ -1,10 +1,13 @@
 //! nftables mode benchmarks: every figure measured in this run, most as a
 //! ratio to the raw `nft -f` of the same text.
 //!
-//! - `nft_render/N`: criterion timing of rendering N services × 10 endpoints
-//!   (pure).
-//! - The sync report (root only, in throwaway network namespaces
-//!   `kpbench-<pid>-…`), for each size N:
+//! The cluster is N ClusterIP services × 10 ready endpoints from
+//! `kproxy::model::synth`, set up in benches/support (shared with the
+//! iptables bench).
+//!
+//! - `nft_render/N`: criterion timing of rendering it (pure).
+//! - The sync report (root only, in throwaway network namespaces from
+//!   tests/support/netns.rs), for each size N:
 //!   - full: kproxy's first full sync into an empty namespace ÷ a raw
 //!     `nft -f` of the same transaction into another empty namespace;
 //!   - resync: a periodic full sync of the loaded table (listing our chain
@@ -22,86 +25,39 @@
 //! `KPROXY_BENCH_SIZES`, default `1000,10000`; `KPROXY_BENCH_RENDER_ONLY=1`
 //! skips the sync report); under `cargo test` it runs once at a tiny size as
 //! a smoke test.
-#![allow(clippy::disallowed_types)] // the bench runs `ip netns` and `nft` directly
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::hint::black_box;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use kproxy::backend::iptables::{self, IptablesBackend, Variant};
-use kproxy::backend::nftables::{NftablesBackend, Settings, render};
+use kproxy::backend::nftables::{NftablesBackend, render};
 use kproxy::backend::{Backend, SyncKind};
-use kproxy::config::NodePortAddresses;
-use kproxy::model::builders::{mk_service, mk_slice};
-use kproxy::model::{IpFamily, Model, SelectionOptions};
+use kproxy::model::{IpFamily, Model};
 use kproxy::sys::Sys;
+use support::netns::Netns;
+use support::{Cluster, ENDPOINTS, median, ms, nftables_settings as settings};
 
-const ENDPOINTS: usize = 10;
 /// One-endpoint changes measured per size (the median is reported).
 const CHANGES: usize = 7;
 
-fn settings() -> Settings {
-    Settings {
-        masquerade_mark: 0x4000,
-        masquerade_all: false,
-        cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
-        nodeport_addresses: NodePortAddresses::All,
-        localhost_nodeports: false,
-        conntrack_liberal: false,
-    }
-}
-
+/// iptables mode as compared here: without localhost NodePorts, which
+/// nftables mode does not have either.
 fn ipt_settings() -> iptables::Settings {
     iptables::Settings {
-        masquerade_mark: 0x4000,
-        masquerade_all: false,
-        cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
-        nodeport_addresses: NodePortAddresses::All,
         localhost_nodeports: false,
-        conntrack_liberal: false,
+        ..support::iptables_settings()
     }
-}
-
-/// A model with `n` ClusterIP services of `ENDPOINTS` endpoints each.
-fn cluster(n: usize) -> Model {
-    let mut m = Model::new("node-a", SelectionOptions::default());
-    for i in 0..n {
-        let name = format!("svc-{i}");
-        let vip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
-        m.apply_service(
-            &mk_service("bench", &name)
-                .cluster_ip(&vip)
-                .port("http", 80, "TCP")
-                .build(),
-        );
-        m.apply_slice(&slice(&name, i, 0));
-    }
-    m
-}
-
-/// The slice of service `i`, with endpoint addresses shifted by `generation`.
-fn slice(name: &str, i: usize, generation: usize) -> k8s_openapi::api::discovery::v1::EndpointSlice {
-    let eps: Vec<String> = (0..ENDPOINTS)
-        .map(|e| {
-            let k = i * ENDPOINTS + e + generation;
-            format!("10.{}.{}.{}", 128 + k / 65536, (k / 256) % 256, k % 256)
-        })
-        .collect();
-    let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
-    mk_slice("bench", &format!("{name}-1"), name)
-        .port("http", 8080, "TCP")
-        .endpoints(&refs)
-        .build()
 }
 
 fn bench_render(c: &mut Criterion, sizes: &[usize]) {
     let mut group = c.benchmark_group("nft_render");
     group.sample_size(10);
     for &n in sizes {
-        let desired = cluster(n).desired();
+        let desired = Cluster::new(n).model().desired();
         let opts = settings().render_opts(IpFamily::V4, &desired.node, &[], false);
         group.bench_with_input(BenchmarkId::from_parameter(n), &desired, |b, d| {
             b.iter(|| black_box(render::render_full(d, &opts)))
@@ -110,63 +66,15 @@ fn bench_render(c: &mut Criterion, sizes: &[usize]) {
     group.finish();
 }
 
-/// A throwaway network namespace, deleted on drop.
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("kpbench-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .map(|s| s.success());
-        assert!(matches!(ok, Ok(true)), "cannot create netns {name}");
-        Ns(name)
-    }
-
-    /// Times `tool args…` in this namespace with `input` on stdin.
-    fn time(&self, tool: &str, args: &[&str], input: &str) -> Duration {
-        let mut full = vec!["netns", "exec", &self.0, tool];
-        full.extend_from_slice(args);
-        let start = Instant::now();
-        let mut child = Command::new("ip")
-            .args(&full)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let took = start.elapsed();
-        assert!(
-            out.status.success(),
-            "{tool} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        took
-    }
-
-    fn nft(&self, input: &str) -> Duration {
-        self.time("nft", &["-f", "-"], input)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
+/// Times `nft -f -` of `input` in `ns`.
+fn nft(ns: &Netns, input: &str) -> Duration {
+    support::time_load(ns, "nft", &["-f", "-"], input)
 }
 
 /// Changes one endpoint of `CHANGES` services in turn, timing each sync
 /// through `backend` and returning the times and the kernel inputs.
 fn one_endpoint_changes<B: Backend>(
+    cluster: &mut Cluster,
     model: &mut Model,
     n: usize,
     backend: &mut B,
@@ -175,8 +83,8 @@ fn one_endpoint_changes<B: Backend>(
     let (mut times, mut inputs) = (Vec::new(), Vec::new());
     for k in 0..CHANGES {
         let i = (n / 2 + k * 7919) % n;
-        // A different service each time, one endpoint replaced (the window shifts by one).
-        model.apply_slice(&slice(&format!("svc-{i}"), i, 1));
+        // A different service each time, one endpoint replaced.
+        model.apply_slice(&cluster.change(i));
         let (desired, changes) = (model.desired(), model.changes());
         let start = Instant::now();
         backend.sync(&desired, &changes, SyncKind::Partial).unwrap();
@@ -201,9 +109,10 @@ struct NftRow {
 }
 
 fn measure_nft(n: usize) -> NftRow {
-    let mut model = cluster(n);
-    let ns = Ns::new(&format!("nft-{n}"));
-    let mut backend = NftablesBackend::new(Sys::in_netns(&ns.0), settings(), None);
+    let mut cluster = Cluster::new(n);
+    let mut model = cluster.model();
+    let ns = support::namespace(&format!("nft-{n}"));
+    let mut backend = NftablesBackend::new(Sys::in_netns(ns.name()), settings(), None);
     let (desired, changes) = (model.desired(), model.changes());
     let start = Instant::now();
     backend.sync(&desired, &changes, SyncKind::Full).unwrap();
@@ -212,27 +121,32 @@ fn measure_nft(n: usize) -> NftRow {
     let full_text = backend.last_transaction().unwrap_or_default().to_string();
 
     // The same transaction, raw, into an empty namespace.
-    let raw = Ns::new(&format!("nft-{n}-raw"));
-    let raw_full = raw.nft(&full_text);
+    let raw = support::namespace(&format!("nft-{n}-raw"));
+    let raw_full = nft(&raw, &full_text);
 
     // A periodic full sync of the loaded table.
     let (desired, changes) = (model.desired(), model.changes());
     let start = Instant::now();
     backend.sync(&desired, &changes, SyncKind::Full).unwrap();
     let resync = start.elapsed();
-    raw.nft(backend.last_transaction().unwrap_or_default());
+    nft(&raw, backend.last_transaction().unwrap_or_default());
 
-    let (times, deltas) = one_endpoint_changes(&mut model, n, &mut backend, |b| {
+    let (times, deltas) = one_endpoint_changes(&mut cluster, &mut model, n, &mut backend, |b| {
         b.last_transaction().unwrap_or_default().to_string()
     });
     // The same deltas, raw, in the same order against the same table.
-    let raw_times: Vec<Duration> = deltas.iter().map(|d| raw.nft(d)).collect();
+    let raw_times: Vec<Duration> = deltas.iter().map(|d| nft(&raw, d)).collect();
     let lines = deltas.last().map_or(0, |d| d.lines().count());
 
-    let probe_element =
-        raw.nft("add element ip kproxy cluster-ips { 10.0.0.1 }\ndelete element ip kproxy cluster-ips { 10.0.0.1 }\n");
-    let probe_chain = raw.nft("add chain ip kproxy bench-probe\ndelete chain ip kproxy bench-probe\n");
-    let probe_list = raw.time("nft", &["-t", "-f", "-"], "list chains\nlist sets\n");
+    let probe_element = nft(
+        &raw,
+        "add element ip kproxy cluster-ips { 10.0.0.1 }\ndelete element ip kproxy cluster-ips { 10.0.0.1 }\n",
+    );
+    let probe_chain = nft(
+        &raw,
+        "add chain ip kproxy bench-probe\ndelete chain ip kproxy bench-probe\n",
+    );
+    let probe_list = support::time_load(&raw, "nft", &["-t", "-f", "-"], "list chains\nlist sets\n");
     NftRow {
         n,
         full,
@@ -255,15 +169,16 @@ struct IptRow {
 }
 
 fn measure_ipt(variant: Variant, n: usize) -> IptRow {
-    let mut model = cluster(n);
-    let ns = Ns::new(&format!("ipt-{n}"));
-    let mut backend = IptablesBackend::new(Sys::in_netns(&ns.0), ipt_settings(), Some(variant));
+    let mut cluster = Cluster::new(n);
+    let mut model = cluster.model();
+    let ns = support::namespace(&format!("ipt-{n}"));
+    let mut backend = IptablesBackend::new(Sys::in_netns(ns.name()), ipt_settings(), Some(variant));
     let (desired, changes) = (model.desired(), model.changes());
     let start = Instant::now();
     backend.sync(&desired, &changes, SyncKind::Full).unwrap();
     let full = start.elapsed();
     model.ack(&changes);
-    let (times, _) = one_endpoint_changes(&mut model, n, &mut backend, |_| String::new());
+    let (times, _) = one_endpoint_changes(&mut cluster, &mut model, n, &mut backend, |_| String::new());
     IptRow {
         variant,
         n,
@@ -272,12 +187,8 @@ fn measure_ipt(variant: Variant, n: usize) -> IptRow {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 fn sync_report(sizes: &[usize]) {
-    if !is_root() || Command::new("nft").arg("--version").output().is_err() {
+    if !support::can_load(&["nft"]) {
         println!("sync report skipped: needs root, iproute2 and nft (render benchmarks ran)");
         return;
     }
@@ -313,7 +224,7 @@ fn sync_report(sizes: &[usize]) {
     let mut ipt = Vec::new();
     for variant in [Variant::Nft, Variant::Legacy] {
         let tool = variant.tool(IpFamily::V4, "iptables-restore");
-        if Command::new(&tool).arg("--version").output().is_err() {
+        if !support::has_tool(&tool) {
             println!("{tool} not installed; skipping {variant:?}");
             continue;
         }
@@ -344,25 +255,8 @@ fn sync_report(sizes: &[usize]) {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 fn main() {
-    let bench_mode = std::env::args().any(|a| a == "--bench");
-    let sizes: Vec<usize> = if bench_mode {
-        std::env::var("KPROXY_BENCH_SIZES")
-            .unwrap_or_else(|_| "1000,10000".into())
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect()
-    } else {
-        vec![20]
-    };
+    let sizes = support::sizes();
     let mut c = Criterion::default().configure_from_args();
     bench_render(&mut c, &sizes);
     c.final_summary();

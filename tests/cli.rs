@@ -174,6 +174,7 @@ fn help_lists_every_flag() {
         "--min-sync-period",
         "--metrics-bind-address",
         "--healthz-bind-address",
+        "--udp-timeout",
         "--cleanup",
         "-v, --v",
         "--config",
@@ -304,6 +305,29 @@ fn render_manifests_table_lists_every_proxied_service_port() {
             run.stdout
         );
     }
+}
+
+/// `render --manifests` applies the watch's label selector: a Service (or
+/// slice) labelled for another proxy, or headless, is not rendered.
+#[test]
+fn render_manifests_skips_services_labelled_for_another_proxy() {
+    let dir = TempDir::new("labelled");
+    dir.write(
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: mine, namespace: default}\n\
+         spec: {clusterIP: 10.96.7.1, ports: [{name: http, port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: theirs, namespace: default, \
+         labels: {service.kubernetes.io/service-proxy-name: other-proxy}}\n\
+         spec: {clusterIP: 10.96.7.2, ports: [{name: http, port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: headless-ish, namespace: default, \
+         labels: {service.kubernetes.io/headless: \"\"}}\n\
+         spec: {clusterIP: 10.96.7.3, ports: [{name: http, port: 80}]}\n",
+    );
+    let path = dir.path().to_str().expect("utf-8 temp path").to_string();
+    let run = kproxy(&["render", "--manifests", &path, "--format", "table"], QUICK);
+    assert_eq!(run.code(), Some(0), "{run:#?}");
+    let names: Vec<String> = table_blocks(&run.stdout).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["default/mine:http"], "{}", run.stdout);
 }
 
 #[test]

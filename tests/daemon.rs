@@ -1,8 +1,14 @@
-//! The whole daemon, end to end: the real `kproxy` binary runs in a node
-//! network namespace against the fake API server (listening on 127.0.0.1
-//! inside that namespace), programs iptables there, serves `/metrics`,
-//! `/healthz`, `/livez` and health-check node ports, and `--cleanup`
-//! removes everything it installed.
+//! The whole daemon, end to end, in every kernel mode: the real `kproxy`
+//! binary runs in a node network namespace against the fake API server
+//! (listening on 127.0.0.1 inside that namespace), configured by a
+//! KubeProxyConfiguration file; it programs the mode's rules there, follows
+//! a change, serves `/metrics` (accepted by `promtool check metrics`),
+//! `/healthz`, `/livez` and a health-check node port, reports failing syncs,
+//! and `--cleanup` removes everything it installed.
+//!
+//! One body ([`end_to_end`]) runs every mode; [`Mode::spec`] is the one
+//! place that says what the mode's rules look like. Adding a mode is one
+//! line in the `modes!` list at the bottom and one arm there.
 #![allow(clippy::disallowed_types)] // tests run the binary and tools directly
 
 #[path = "support/api_server.rs"]
@@ -63,10 +69,11 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A directory of wrappers that make iptables-restore fail while FAIL exists.
-fn failing_restore_wrappers(dir: &Path) -> PathBuf {
+/// Wrappers in `dir` around `tools` that fail while `dir/FAIL` exists
+/// (put `dir` first on kproxy's PATH); returns that flag's path.
+fn failing_wrappers(dir: &Path, tools: &[&str]) -> PathBuf {
     let fail = dir.join("FAIL");
-    for tool in ["iptables-nft-restore", "ip6tables-nft-restore"] {
+    for tool in tools {
         let real = netns::find_tool(tool).unwrap_or_else(|| PathBuf::from(format!("/usr/sbin/{tool}")));
         let script = format!(
             "#!/bin/sh\nif [ -e {fail} ]; then echo 'forced failure for a test' >&2; exit 1; fi\nexec {real} \"$@\"\n",
@@ -80,83 +87,100 @@ fn failing_restore_wrappers(dir: &Path) -> PathBuf {
     fail
 }
 
-fn web_slice(node_of_pod0: &str) -> k8s_openapi::api::discovery::v1::EndpointSlice {
-    mk_slice("default", "web-1", "web")
-        .port("http", 8080, "TCP")
-        .endpoint_on("198.18.1.10", node_of_pod0)
-        .build()
+/// A kernel mode under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Iptables,
+    Nftables,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
-    if !netns::require_root_tools(&["ip", "iptables-restore", "iptables-nft-restore", "promtool"]) {
-        return;
+/// What a mode's rules look like from the outside.
+struct ModeSpec {
+    /// Tools the test needs besides `ip` and `promtool`.
+    tools: &'static [&'static str],
+    /// The tools kproxy applies rules with (wrapped to fail on demand).
+    apply_tools: &'static [&'static str],
+    /// Commands listing the node's rules.
+    listings: &'static [&'static [&'static str]],
+    /// In the listings once the first sync is done: every one of these.
+    programmed: &'static [&'static str],
+    /// In the listings after `--cleanup`: none of these.
+    ours: &'static [&'static str],
+    /// A sample only this mode exports, present after the first sync.
+    own_metric: &'static str,
+    /// The counter of failed applies.
+    failures_metric: &'static str,
+}
+
+// === impl Mode ===
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
     }
-    let topo = Topology::builder().pods(2).build();
-    topo.start_servers(8080, 5353);
-    let node = topo.node();
-    let listener = node
-        .tcp_listener("127.0.0.1:0".parse().expect("addr"))
-        .expect("listen in node ns");
-    let api = TestApiServer::start_on_std(listener).await.expect("api server");
-    let dir = std::env::temp_dir().join(format!("kproxy-daemon-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let fail = failing_restore_wrappers(&dir);
 
-    api.apply_node(mk_node("node-a").internal_ip("198.18.1.1").build());
-    api.apply_service(
-        mk_service("default", "web")
-            .cluster_ip("198.19.0.10")
-            .type_("LoadBalancer")
-            .node_port("http", 80, "TCP", 30100)
-            .external_traffic_policy_local()
-            .health_check_node_port(i32::from(HC_PORT))
-            .build(),
-    );
-    api.apply_slice(web_slice("node-a"));
+    fn spec(self) -> ModeSpec {
+        match self {
+            Mode::Iptables => ModeSpec {
+                tools: &[
+                    "iptables-restore",
+                    "iptables-nft-restore",
+                    "iptables-save",
+                    "ip6tables-save",
+                ],
+                // No legacy rules in a fresh namespace: kproxy picks iptables-nft.
+                apply_tools: &["iptables-nft-restore", "ip6tables-nft-restore"],
+                listings: &[&["iptables-save"], &["ip6tables-save"]],
+                programmed: &["-A KUBE-SERVICES", "\"default/web:http cluster IP\""],
+                ours: &["KUBE-"],
+                own_metric: "kubeproxy_sync_proxy_rules_iptables_total{",
+                failures_metric: "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+            },
+            Mode::Nftables => ModeSpec {
+                tools: &["nft"],
+                apply_tools: &["nft"],
+                listings: &[&["nft", "list", "ruleset"]],
+                programmed: &["table ip kproxy", "table ip6 kproxy", "-default/web/tcp/http"],
+                ours: &["table ip kproxy", "table ip6 kproxy", "kube-proxy"],
+                own_metric: "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{",
+                failures_metric: "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            },
+        }
+    }
+}
 
-    let log = std::fs::File::create(dir.join("kproxy.log")).expect("log file");
-    let mut cmd = node.command(env!("CARGO_BIN_EXE_kproxy"));
-    cmd.args([
-        "--kubeconfig",
-        &kubeconfig.to_string_lossy(),
-        "--hostname-override",
-        "node-a",
-        "--proxy-mode",
-        "iptables",
-        "--cluster-cidr",
-        "198.18.1.0/24",
-        "--sync-period",
-        "2s",
-        "--min-sync-period",
-        "0s",
-        "--metrics-bind-address",
-        METRICS,
-        "--healthz-bind-address",
-        HEALTHZ,
-        "-v",
-        "4",
-    ])
-    .env(
-        "PATH",
-        format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()),
+/// The node's rules, as the mode's listings show them.
+fn rules(node: &Netns, spec: &ModeSpec) -> String {
+    spec.listings.iter().map(|cmd| node.exec_ok(cmd)).collect()
+}
+
+/// A KubeProxyConfiguration for `mode` (its sync periods in the mode's own
+/// section, as kube-proxy reads them).
+fn config_file(mode: Mode, kubeconfig: &Path) -> String {
+    format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: {mode}
+hostnameOverride: node-a
+clientConnection:
+  kubeconfig: {kubeconfig}
+clusterCIDR: 198.18.1.0/24
+metricsBindAddress: {METRICS}
+healthzBindAddress: {HEALTHZ}
+{mode}:
+  syncPeriod: 2s
+  minSyncPeriod: 0s
+",
+        mode = mode.name(),
+        kubeconfig = kubeconfig.display(),
     )
-    .stdout(Stdio::null())
-    .stderr(log);
-    let pid = node.spawn(cmd).expect("start kproxy");
-    let show_log = || std::fs::read_to_string(dir.join("kproxy.log")).unwrap_or_default();
+}
 
-    // Rules are programmed: a pod reaches the VIP.
-    let vip: SocketAddr = "198.19.0.10:80".parse().expect("vip");
-    let reply = topo.pod(1).wait_reply(Proto::Tcp, vip, Duration::from_secs(20));
-    assert!(reply.is_ok(), "VIP not programmed: {reply:?}\n{}", show_log());
-
-    // /metrics: promtool accepts it, and syncs move the histogram.
-    let count_line = "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
-    let (code, text) = wait(Duration::from_secs(10), "metrics", || get(node, METRICS, "/metrics"));
-    assert_eq!(code, 200);
+/// Feeds `text` to `promtool check metrics`; its complaints, if any.
+fn promtool_check(text: &str) -> Result<(), String> {
     let mut promtool = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -171,16 +195,88 @@ async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
         .write_all(text.as_bytes())
         .expect("feed promtool");
     let out = promtool.wait_with_output().expect("promtool output");
-    let complaints = format!(
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+fn web_slice(node_of_pod0: &str) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    mk_slice("default", "web-1", "web")
+        .port("http", 8080, "TCP")
+        .endpoint_on("198.18.1.10", node_of_pod0)
+        .build()
+}
+
+/// The daemon in `mode`, from first sync to `--cleanup`.
+async fn end_to_end(mode: Mode) {
+    let spec = mode.spec();
+    let mut tools = vec!["ip", "promtool"];
+    tools.extend(spec.tools);
+    if !netns::require_root_tools(&tools) {
+        return;
+    }
+    let topo = Topology::builder().pods(2).build();
+    topo.start_servers(8080, 5353);
+    let node = topo.node();
+    let listener = node
+        .tcp_listener("127.0.0.1:0".parse().expect("addr"))
+        .expect("listen in node ns");
+    let api = TestApiServer::start_on_std(listener).await.expect("api server");
+    let dir = std::env::temp_dir().join(format!("kproxy-daemon-{}-{}", std::process::id(), mode.name()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, config_file(mode, &kubeconfig)).expect("config file");
+    let fail = failing_wrappers(&dir, spec.apply_tools);
+
+    api.apply_node(mk_node("node-a").internal_ip("198.18.1.1").build());
+    api.apply_service(
+        mk_service("default", "web")
+            .cluster_ip("198.19.0.10")
+            .type_("LoadBalancer")
+            .node_port("http", 80, "TCP", 30100)
+            .external_traffic_policy_local()
+            .health_check_node_port(i32::from(HC_PORT))
+            .build(),
     );
-    assert!(out.status.success(), "promtool check metrics: {complaints}\n{text}");
-    assert!(
-        text.contains("kubeproxy_sync_proxy_rules_iptables_total{"),
-        "kube-proxy's names kept:\n{text}"
-    );
+    api.apply_slice(web_slice("node-a"));
+
+    // Everything but the log level comes from the configuration file.
+    let log = std::fs::File::create(dir.join("kproxy.log")).expect("log file");
+    let mut cmd = node.command(env!("CARGO_BIN_EXE_kproxy"));
+    cmd.args(["--config", &config.to_string_lossy(), "-v", "4"])
+        .env(
+            "PATH",
+            format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .stdout(Stdio::null())
+        .stderr(log);
+    let pid = node.spawn(cmd).expect("start kproxy");
+    let show_log = || std::fs::read_to_string(dir.join("kproxy.log")).unwrap_or_default();
+
+    // First sync: a pod reaches the VIP, through the mode's own rules.
+    let vip: SocketAddr = "198.19.0.10:80".parse().expect("vip");
+    let reply = topo.pod(1).wait_reply(Proto::Tcp, vip, Duration::from_secs(20));
+    assert!(reply.is_ok(), "{mode:?}: VIP not programmed: {reply:?}\n{}", show_log());
+    let programmed = rules(node, &spec);
+    for want in spec.programmed {
+        assert!(programmed.contains(want), "{mode:?}: no {want:?} in\n{programmed}");
+    }
+    assert!(!programmed.contains("198.18.1.11"), "{mode:?}: pod1 is no endpoint yet");
+
+    // /metrics: promtool accepts it, and a change moves the sync histogram.
+    let count_line = "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
+    let (code, text) = wait(Duration::from_secs(10), "metrics", || get(node, METRICS, "/metrics"));
+    assert_eq!(code, 200);
+    if let Err(complaints) = promtool_check(&text) {
+        panic!("{mode:?}: promtool check metrics: {complaints}\n{text}");
+    }
     let before = sample(&text, count_line).expect("sync histogram present");
     api.apply_slice(
         mk_slice("default", "web-1", "web")
@@ -192,6 +288,9 @@ async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
     wait(Duration::from_secs(10), "the sync count to grow", || {
         let (_, text) = get(node, METRICS, "/metrics")?;
         (sample(&text, count_line)? > before).then_some(())
+    });
+    wait(Duration::from_secs(10), "the second endpoint to be programmed", || {
+        rules(node, &spec).contains("198.18.1.11").then_some(())
     });
 
     // /healthz and /livez are 200; a health-check node port reports the local endpoint.
@@ -208,7 +307,9 @@ async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
         (get(node, &addr, "/")?.0 == 503).then_some(())
     });
 
-    // Syncs get stuck (every restore fails) while a change is pending: /healthz → 503.
+    // Syncs get stuck (every apply fails) while a change is pending: /healthz
+    // → 503 (after twice the file's 2 s sync period), counted in the mode's
+    // failure metric.
     std::fs::write(&fail, "").expect("fail flag");
     api.apply_slice(web_slice("node-a"));
     wait(Duration::from_secs(15), "/healthz 503 while syncs fail", || {
@@ -220,27 +321,48 @@ async fn daemon_programs_rules_and_serves_metrics_health_and_cleanup() {
     });
     let (_, text) = get(node, METRICS, "/metrics").expect("metrics");
     assert!(
-        sample(&text, "kubeproxy_sync_proxy_rules_iptables_restore_failures_total").unwrap_or(0.0) >= 1.0,
-        "failures counted:\n{text}"
+        sample(&text, spec.failures_metric).unwrap_or(0.0) >= 1.0,
+        "{mode:?}: failures counted:\n{text}"
+    );
+    assert!(
+        text.contains(spec.own_metric),
+        "{mode:?}: kube-proxy's names kept:\n{text}"
     );
 
-    // Stop, then --cleanup removes every rule kproxy installed.
+    // Stop, then --cleanup removes every rule kproxy installed, idempotently.
     node.terminate(pid, Duration::from_secs(5));
-    let out = node
-        .exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"])
-        .expect("run cleanup");
-    assert!(
-        out.status.success(),
-        "cleanup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for save in ["iptables-save", "ip6tables-save"] {
-        let dump = node.exec_ok(&[save]);
-        assert!(!dump.contains("KUBE-"), "{save} after cleanup:\n{dump}");
+    for round in ["cleanup", "cleanup again"] {
+        let out = node
+            .exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"])
+            .expect("run cleanup");
+        assert!(
+            out.status.success(),
+            "{mode:?}: {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let left = rules(node, &spec);
+        for ours in spec.ours {
+            assert!(!left.contains(ours), "{mode:?}: {ours:?} after {round}:\n{left}");
+        }
     }
-    let again = node
-        .exec(&[env!("CARGO_BIN_EXE_kproxy"), "--cleanup"])
-        .expect("cleanup again");
-    assert!(again.status.success(), "cleanup is idempotent");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One test per mode, each running [`end_to_end`].
+macro_rules! modes {
+    ($($name:ident => $mode:ident),* $(,)?) => {
+        mod daemon_programs_rules_serves_metrics_and_health_and_cleans_up {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::end_to_end(super::Mode::$mode).await;
+                }
+            )*
+        }
+    };
+}
+
+modes! {
+    iptables => Iptables,
+    nftables => Nftables,
 }

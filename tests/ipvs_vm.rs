@@ -26,7 +26,7 @@ mod api_server;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use datapath::{Mode, cases};
+use datapath::{Mark, Mode, cases};
 use kproxy::backend::ipvs::{Clients, IpvsBackend, IpvsOpts};
 use kproxy::backend::{Backend, Settings, SyncKind};
 use kproxy::config::NodePortAddresses;
@@ -108,7 +108,50 @@ const CHECKS: &[(&str, fn())] = &[
         "scheduler_mh_is_programmed_with_source_port_hashing",
         scheduler_mh_is_programmed_with_source_port_hashing,
     ),
+    ("dp_ipv6_node_port", || {
+        cases::ipv6_node_port_from_client_is_masqueraded(IPVS)
+    }),
+    ("dp_ipv6_lb", || cases::ipv6_load_balancer_ip_reaches_endpoints(IPVS)),
+    ("dp_ipv6_external_policy_local", || {
+        cases::ipv6_external_traffic_policy_local_keeps_client_ip(IPVS)
+    }),
+    ("dp_ipv6_hairpin", || {
+        cases::ipv6_hairpin_to_self_through_vip_is_masqueraded(IPVS)
+    }),
+    ("dp_masquerade_all", || {
+        cases::masquerade_all_masquerades_pod_traffic(IPVS)
+    }),
+    ("dp_node_port_addresses_primary", || {
+        cases::node_port_addresses_primary_answer_only_on_the_primary_ip(IPVS)
+    }),
+    ("dp_node_port_addresses_primary_first_ip", || {
+        cases::node_port_addresses_primary_is_the_first_node_ip(IPVS)
+    }),
+    ("dp_localhost_node_ports_off", || {
+        dp_marked(
+            "localhost_node_ports_off_leave_localhost_unhandled",
+            &[Mark::skip(
+                "ipvs",
+                "ipvs mode never serves NodePorts on localhost (kube-proxy's neither): there is nothing to \
+                 turn off (dp_node_port checks 127.0.0.1 stays unhandled)",
+            )],
+            cases::localhost_node_ports_off_leave_localhost_unhandled,
+        )
+    }),
+    ("dp_source_ranges_admit_the_node", || {
+        cases::source_ranges_admit_the_node_itself(IPVS)
+    }),
+    ("dp_session_affinity_expires", || {
+        cases::session_affinity_expires_after_its_timeout(IPVS)
+    }),
+    ("dp_sctp_rules_load", || cases::sctp_service_port_rules_load(IPVS)),
 ];
+
+/// A packet-suite case run as the host table (tests/datapath.rs) runs it:
+/// a `skip` mark prints its reason in every run.
+fn dp_marked(name: &str, marks: &[Mark], case: fn(Mode)) {
+    datapath::run_case(IPVS, name, marks, case);
+}
 
 const IPVS: Mode = Mode::Ipvs;
 
@@ -198,6 +241,17 @@ dp_tests! {
     ipvs_datapath_ipv6_cluster_ip_reaches_endpoints => "dp_ipv6",
     ipvs_datapath_partial_syncs_follow_a_service_lifecycle => "dp_lifecycle",
     ipvs_backend_scheduler_mh_with_source_port_hashing => "scheduler_mh_is_programmed_with_source_port_hashing",
+    ipvs_datapath_ipv6_node_port_from_client_is_masqueraded => "dp_ipv6_node_port",
+    ipvs_datapath_ipv6_load_balancer_ip_reaches_endpoints => "dp_ipv6_lb",
+    ipvs_datapath_ipv6_external_policy_local => "dp_ipv6_external_policy_local",
+    ipvs_datapath_ipv6_hairpin_is_masqueraded => "dp_ipv6_hairpin",
+    ipvs_datapath_masquerade_all_masquerades_pod_traffic => "dp_masquerade_all",
+    ipvs_datapath_node_port_addresses_primary => "dp_node_port_addresses_primary",
+    ipvs_datapath_node_port_addresses_primary_is_the_first_ip => "dp_node_port_addresses_primary_first_ip",
+    ipvs_datapath_localhost_node_ports_off => "dp_localhost_node_ports_off",
+    ipvs_datapath_source_ranges_admit_the_node_itself => "dp_source_ranges_admit_the_node",
+    ipvs_datapath_session_affinity_expires => "dp_session_affinity_expires",
+    ipvs_datapath_sctp_service_port_rules_load => "dp_sctp_rules_load",
 }
 
 // --- in the VM ---------------------------------------------------------------

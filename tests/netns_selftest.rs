@@ -439,3 +439,63 @@ fn tally_sees_both_endpoints() {
         .expect("wait_reply");
     assert!(r.pod == "pod0" || r.pod == "pod1");
 }
+
+/// With the unhandled responder, a VIP no rule handles answers `unhandled`
+/// (TCP and UDP, any port, IPv4 and IPv6, from the node, the client and a
+/// pod), while a DNAT on the node still steers the VIP to a pod first.
+#[test]
+fn unhandled_responder_answers_for_vips_no_rule_handles() {
+    if !netns::require_root_tools(&["ip", "nft", "iptables-restore"]) {
+        return;
+    }
+    let topo = Topology::builder().pods(2).ipv6(true).unhandled_responder(true).build();
+    topo.start_servers(TCP_PORT, UDP_PORT);
+    let (vip, vip6) = (netns::vip4(30), netns::vip6(30));
+    for ns in [topo.node(), topo.client(), topo.pod(1)] {
+        for to in [sa(vip, 80), sa(vip, 4242), sa(vip6, 80), sa(netns::vip4(31), 7)] {
+            for proto in [Proto::Tcp, Proto::Udp] {
+                let r = ns
+                    .request(proto, to, T)
+                    .unwrap_or_else(|e| panic!("{proto:?} {} -> {to}: {e}", ns.label()));
+                assert_eq!(r.pod, netns::UNHANDLED, "{proto:?} {} -> {to}: {r:?}", ns.label());
+            }
+        }
+    }
+    // The client's own address is seen: no NAT on the way to nowhere.
+    let r = topo.client().tcp_request(sa(vip, 80), T).expect("client -> vip");
+    assert_eq!(r.seen_src.ip(), topo.client_ip());
+    // Node-originated traffic comes from the node's pod-network address.
+    let r = topo.node().tcp_request(sa(vip, 80), T).expect("node -> vip");
+    assert_eq!(r.seen_src.ip(), topo.node_ip());
+
+    // A DNAT on the node wins over the responder.
+    let rules = format!(
+        "*nat\n\
+         :PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+         -A PREROUTING -d {vip} -p tcp --dport 80 -j DNAT --to-destination {p0}:{TCP_PORT}\n\
+         -A OUTPUT -d {vip} -p tcp --dport 80 -j DNAT --to-destination {p0}:{TCP_PORT}\n\
+         COMMIT\n",
+        p0 = topo.pod_ip(0)
+    );
+    topo.node().exec_input_ok(&["iptables-restore"], rules.as_bytes());
+    for ns in [topo.node(), topo.client(), topo.pod(1)] {
+        let r = ns.tcp_request(sa(vip, 80), T).expect("DNATed vip");
+        assert_eq!(r.pod, "pod0", "{} -> {vip}:80", ns.label());
+        let r = ns.udp_request(sa(vip, 53), T).expect("vip udp");
+        assert_eq!(r.pod, netns::UNHANDLED, "{} -> {vip}:53/udp", ns.label());
+    }
+    // A node-side listener labelled `unhandled` answers on the node's own addresses.
+    topo.node()
+        .serve_tcp_as(30999, netns::UNHANDLED)
+        .expect("node listener");
+    let r = topo
+        .client()
+        .tcp_request(sa(topo.node_ext_ip(), 30999), T)
+        .expect("client -> node");
+    assert_eq!(r.pod, netns::UNHANDLED);
+    let r = topo
+        .node()
+        .tcp_request(sa(std::net::Ipv4Addr::LOCALHOST, 30999), T)
+        .expect("node -> localhost");
+    assert_eq!(r.pod, netns::UNHANDLED);
+}

@@ -26,6 +26,9 @@ pub mod nftables;
 pub mod recording;
 pub mod settings;
 pub mod table;
+#[cfg(test)]
+mod test_fixtures;
+pub mod userspace;
 
 use crate::config::ProxyMode;
 use crate::model::{ChangeSet, DesiredState, IpFamily};
@@ -174,7 +177,7 @@ pub fn for_mode(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Result<Box
         ProxyMode::Iptables => Ok(Box::new(iptables_backend(cfg, sys))),
         ProxyMode::Nftables => Ok(Box::new(nftables_backend(cfg, sys))),
         ProxyMode::Ipvs => Ok(Box::new(ipvs_backend(cfg, sys))),
-        mode => Err(BackendError::Unavailable(mode, "not implemented yet".into())),
+        ProxyMode::Userspace => Ok(Box::new(userspace_backend(cfg, sys))),
     }
 }
 
@@ -190,17 +193,19 @@ pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Bo
     vec![
         Box::new(iptables_backend(cfg, sys.clone())),
         Box::new(nftables_backend(cfg, sys.clone())),
+        Box::new(userspace_backend(cfg, sys.clone())),
         Box::new(ipvs_backend(cfg, sys)),
     ]
 }
 
 /// The backends of every mode but `mode` whose leftovers are removed when
-/// kproxy starts, as kube-proxy does when it starts in one mode: iptables
-/// and nftables. IPVS state is left alone (kube-proxy does not clean it
-/// when starting in another mode, and other software may use IPVS);
-/// `--cleanup` removes it. The ipvs mode shares kube-proxy's top-level
-/// iptables chains (KUBE-SERVICES, KUBE-POSTROUTING, …) with the iptables
-/// mode, so starting in ipvs mode removes only nftables leftovers.
+/// kproxy starts, as kube-proxy does when it starts in one mode: iptables,
+/// nftables and userspace. IPVS state is left alone (kube-proxy does not
+/// clean it when starting in another mode, and other software may use
+/// IPVS); `--cleanup` removes it. The ipvs mode shares kube-proxy's
+/// top-level iptables chains (KUBE-SERVICES, KUBE-POSTROUTING, …) with the
+/// iptables mode, so starting in ipvs mode removes only nftables and
+/// userspace leftovers.
 pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
     all_backends(cfg, sys)
         .into_iter()
@@ -211,6 +216,17 @@ pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box
 
 fn ipvs_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> ipvs::IpvsBackend {
     ipvs::IpvsBackend::new(sys, Settings::from_config(cfg), ipvs::IpvsOpts::from_config(&cfg.ipvs))
+}
+
+/// The relays run on the runtime the backend is created on (the daemon's);
+/// without one (e.g. a synchronous caller) it can render and clean up only.
+fn userspace_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> userspace::UserspaceBackend {
+    let handle = tokio::runtime::Handle::try_current().ok();
+    let relay = userspace::Settings {
+        udp_idle_timeout: cfg.udp_idle_timeout,
+        ..userspace::Settings::default()
+    };
+    userspace::UserspaceBackend::new(sys, Settings::from_config(cfg), relay, handle)
 }
 
 fn nftables_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> nftables::NftablesBackend {

@@ -148,7 +148,9 @@ pub fn family_addresses(
     let node_ips: Vec<IpAddr> = node.addresses.iter().copied().filter(wanted).collect();
     let nodeport_ips = match nodeport_addresses {
         NodePortAddresses::All => None,
-        NodePortAddresses::Primary => Some(node_ips.clone()),
+        // kube-proxy's `primary`: the node's primary IP of this family (the
+        // first one: InternalIP before ExternalIP), not every node address.
+        NodePortAddresses::Primary => Some(node_ips.iter().copied().take(1).collect()),
         NodePortAddresses::Cidrs(nets) => Some(
             local_addrs
                 .iter()
@@ -196,4 +198,37 @@ pub fn number_after(text: &str, marker: &str) -> Option<usize> {
         .next()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(addrs: &[&str]) -> NodeInfo {
+        NodeInfo {
+            addresses: addrs.iter().map(|a| a.parse().expect("ip")).collect(),
+            ..NodeInfo::named("node-a")
+        }
+    }
+
+    #[test]
+    fn primary_node_port_addresses_are_the_first_ip_of_each_family() {
+        let n = node(&["192.168.1.10", "203.0.113.5", "fd00::10", "2001:db8::5"]);
+        let v4 = family_addresses(IpFamily::V4, &n, &[], &NodePortAddresses::Primary, &[], true);
+        assert_eq!(v4.nodeport_ips, Some(vec!["192.168.1.10".parse().expect("ip")]));
+        assert_eq!(v4.node_ips.len(), 2, "every node IP still counts for source ranges");
+        let v6 = family_addresses(IpFamily::V6, &n, &[], &NodePortAddresses::Primary, &[], true);
+        assert_eq!(v6.nodeport_ips, Some(vec!["fd00::10".parse().expect("ip")]));
+    }
+
+    #[test]
+    fn error_context_marks_the_line_with_three_either_side() {
+        let input = (1..=10).map(|i| format!("line{i}\n")).collect::<String>();
+        let ctx = error_context(input.as_bytes(), 5).expect("context");
+        assert_eq!(ctx.lines().count(), 7);
+        assert!(ctx.contains(">     5 line5"), "{ctx}");
+        assert_eq!(error_context(input.as_bytes(), 11), None);
+        assert_eq!(number_after("iptables-restore: line 12 failed", "line "), Some(12));
+        assert_eq!(number_after("Error occurred at line: 7", "line"), Some(7));
+    }
 }

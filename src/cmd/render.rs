@@ -59,8 +59,21 @@ pub fn build_desired(objects: &Manifests, node_name: &str, node_ips: &[IpAddr]) 
         .find(|n| n.metadata.name.as_deref() == Some(node_name));
     model.set_node(node);
     model.set_node_addresses_fallback(node_ips);
-    model.reset_services(&objects.services);
-    model.reset_slices(&objects.slices);
+    // The same label filter the watch asks the API server for.
+    let services: Vec<_> = objects
+        .services
+        .iter()
+        .filter(|s| crate::watch::is_proxied(&s.metadata))
+        .cloned()
+        .collect();
+    let slices: Vec<_> = objects
+        .slices
+        .iter()
+        .filter(|s| crate::watch::is_proxied(&s.metadata))
+        .cloned()
+        .collect();
+    model.reset_services(&services);
+    model.reset_slices(&slices);
     for p in model.take_problems() {
         warn!(subject = %p.subject, "{}", p.message);
     }

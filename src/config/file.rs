@@ -46,6 +46,8 @@ pub struct KubeProxyConfiguration {
     pub sync_period: Option<String>,
     pub min_sync_period: Option<String>,
     pub ip_family_policy: Option<String>,
+    /// Userspace mode's UDP session idle timeout (v1alpha1 until 1.25).
+    pub udp_idle_timeout: Option<String>,
 }
 
 /// `clientConnection`.

@@ -100,6 +100,10 @@ pub struct ProxyFlags {
     #[arg(long, value_name = "DURATION")]
     pub ipvs_udp_timeout: Option<String>,
 
+    /// How long an idle UDP session is kept in userspace mode, e.g. 250ms [default: 250ms].
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub udp_timeout: Option<String>,
+
     /// The address:port to serve /metrics on [default: 127.0.0.1:10249].
     #[arg(long, value_name = "ADDR")]
     pub metrics_bind_address: Option<String>,

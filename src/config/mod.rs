@@ -73,6 +73,9 @@ pub struct Config {
     pub conntrack_tcp_be_liberal: bool,
     /// The ipvs mode's settings (`--ipvs-*`, the file's `ipvs` section).
     pub ipvs: IpvsConfig,
+    /// `--udp-timeout` / `udpIdleTimeout`: how long userspace mode keeps an
+    /// idle UDP session.
+    pub udp_idle_timeout: Duration,
 }
 
 /// The ipvs mode's settings.
@@ -113,6 +116,8 @@ pub const DEFAULT_HEALTHZ_BIND: &str = "0.0.0.0:10256";
 pub const DEFAULT_SYNC_PERIOD: Duration = Duration::from_secs(30);
 pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
 pub const DEFAULT_MASQUERADE_BIT: u8 = 14;
+/// kube-proxy's `--udp-timeout` default (userspace mode).
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_millis(250);
 
 // === impl ProxyMode ===
 
@@ -170,6 +175,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             conntrack_tcp_be_liberal: false,
             ipvs: IpvsConfig::default(),
+            udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
         }
     }
 }
@@ -306,6 +312,18 @@ impl Config {
             cfg.healthz_bind_address = parse_bind(&text, 10256, src)?;
         }
         cfg.ipvs = ipvs_config(flags, file.ipvs.as_ref())?;
+        if let Some((text, src)) = pick(
+            &flags.udp_timeout,
+            "--udp-timeout",
+            &file.udp_idle_timeout,
+            "config udpIdleTimeout",
+        ) {
+            let d = duration(&text, src)?;
+            if d.is_zero() {
+                return Err(value_err(src, &text, "must be greater than 0"));
+            }
+            cfg.udp_idle_timeout = d;
+        }
         cfg.cleanup = flags.cleanup;
         cfg.verbosity = flags.verbosity.unwrap_or(0);
         cfg.log_format = flags.logging_format.unwrap_or_default();

@@ -223,3 +223,16 @@ fn nodeport_addresses_primary_keyword() {
     let cfg = Config::build(&flags(&["--nodeport-addresses=primary"]), None).expect("valid");
     assert_eq!(cfg.nodeport_addresses, NodePortAddresses::Primary);
 }
+
+#[test]
+fn udp_timeout_comes_from_the_flag_or_the_file_and_must_be_positive() {
+    let cfg = Config::build(&flags(&[]), None).expect("valid");
+    assert_eq!(cfg.udp_idle_timeout, Duration::from_millis(250));
+    let cfg = Config::build(&flags(&["--udp-timeout=2s"]), None).expect("valid");
+    assert_eq!(cfg.udp_idle_timeout, Duration::from_secs(2));
+    let yaml = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nudpIdleTimeout: 500ms\n";
+    let cfg = Config::build(&flags(&[]), Some(&file(yaml))).expect("valid");
+    assert_eq!(cfg.udp_idle_timeout, Duration::from_millis(500));
+    let err = Config::build(&flags(&["--udp-timeout=0s"]), None).expect_err("zero refused");
+    assert_eq!(err.to_string(), "invalid --udp-timeout \"0s\": must be greater than 0");
+}

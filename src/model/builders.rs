@@ -1,5 +1,7 @@
 //! Builders of API objects (Service, EndpointSlice, Node) for unit tests,
-//! integration tests, benchmarks and the scale generator.
+//! integration tests, benchmarks and the synthetic-cluster generator. Test
+//! support: built only for tests or with the `test-support` feature, never
+//! into the shipped binary.
 //!
 //! They take `&str` and store strings as given, without parsing, so a test
 //! can build malformed objects (`.cluster_ip("bogus")`) as easily as valid

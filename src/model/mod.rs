@@ -22,15 +22,22 @@
 //! - [`tracker`]: the index of objects, the desired state, and change
 //!   tracking with acknowledgement.
 //!
+//! Test support, compiled only for unit tests or with the `test-support`
+//! feature (which the integration tests and benches turn on; the shipped
+//! binary has neither): `builders` (API objects: `mk_service`, `mk_slice`,
+//! `mk_node`) and `synth` (the synthetic-cluster generator).
+//!
 //! Input problems (a malformed object) are collected as [`Problem`]s for the
 //! caller to log and count; the model never logs.
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod builders;
 pub mod endpoints;
 pub mod node;
 pub mod plan;
 pub mod selection;
 pub mod service;
+#[cfg(any(test, feature = "test-support"))]
 pub mod synth;
 pub mod tracker;
 pub mod types;

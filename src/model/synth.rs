@@ -1,12 +1,15 @@
-//! Synthetic clusters for scale tests and benchmarks: N services × M
-//! endpoints with a realistic mix, deterministic from a seed.
+//! Synthetic clusters for scale tests, benchmarks and backend unit tests:
+//! N services × M endpoints, deterministic from a seed. The one cluster
+//! generator of the project (test support: built only for tests or with the
+//! `test-support` feature).
 //!
 //! **Pure**: every address comes from [`SynthParams`], so a harness decides
 //! where VIPs and endpoints live (e.g. VIPs in 198.19.0.0/16 and endpoints in
 //! a corner of 198.18.0.0/15 that carries no traffic). The same parameters
 //! always give the same objects.
 //!
-//! The mix, per service (rolled from the seed):
+//! The realistic mix ([`Mix::Realistic`], the default), per service (rolled
+//! from the seed):
 //!
 //! | share | kind |
 //! | --- | --- |
@@ -25,6 +28,11 @@
 //! serving-terminating, ~2 % not ready; EndpointSlices hold at most
 //! [`MAX_ENDPOINTS_PER_SLICE`] endpoints, like the EndpointSlice controller's.
 //!
+//! [`Mix::ClusterIpOnly`] makes every service like the last row (ClusterIP,
+//! `http` 80 → 8080) with every endpoint ready: the same cost for every
+//! service, for comparing sizes and for tests that count chains or lines.
+//! [`replace_endpoint`] gives the smallest change a sync can see.
+//!
 //! "Probe" services ([`SynthParams::probes`]) are plain ClusterIP TCP
 //! services (80 → 8080) whose endpoints are exactly
 //! [`SynthParams::probe_endpoints`], on our node: a harness points them at
@@ -36,6 +44,17 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::builders::{EpSpec, MANAGED_BY_CONTROLLER, MANAGED_BY_LABEL, mk_node, mk_service, mk_slice};
+
+/// The kinds of services and endpoints [`generate`] makes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mix {
+    /// The realistic mix of the module doc's table.
+    #[default]
+    Realistic,
+    /// Every service ClusterIP with one TCP port (`http` 80 → 8080), every
+    /// endpoint ready.
+    ClusterIpOnly,
+}
 
 /// The EndpointSlice controller's default `--max-endpoints-per-slice`.
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
@@ -50,6 +69,8 @@ const NODE_PORT_MAX: i32 = 32767;
 pub struct SynthParams {
     /// Seed of the pseudo-random mix.
     pub seed: u64,
+    /// The kinds of services and endpoints.
+    pub mix: Mix,
     /// Number of services.
     pub services: usize,
     /// Endpoints per service.
@@ -79,12 +100,13 @@ pub struct SynthParams {
 }
 
 impl SynthParams {
-    /// `services` × `endpoints` with defaults for the rest: seed 1, namespace
-    /// `scale`, node `node-a` (198.18.1.1) among 5 nodes in 3 zones, VIPs from
+    /// `services` × `endpoints` with defaults for the rest: seed 1, the
+    /// realistic mix, namespace `scale`, node `node-a` (198.18.1.1) among 5 nodes in 3 zones, VIPs from
     /// 198.19.0.0, endpoints in 198.18.64.0/18, no probes.
     pub fn new(services: usize, endpoints: usize) -> Self {
         Self {
             seed: 1,
+            mix: Mix::Realistic,
             services,
             endpoints_per_service: endpoints,
             namespace: "scale".to_string(),
@@ -122,6 +144,12 @@ impl SynthParams {
     /// The zone of node `k`.
     pub fn zone(&self, k: usize) -> String {
         format!("zone-{}", k % self.zones.max(1))
+    }
+
+    /// Endpoint address `k` past the pool (`endpoint_base + endpoint_pool +
+    /// k`): never generated, for an endpoint a harness adds later.
+    pub fn spare_endpoint(&self, k: u32) -> Ipv4Addr {
+        add(self.endpoint_base, self.endpoint_pool.wrapping_add(k))
     }
 }
 
@@ -204,6 +232,8 @@ pub fn generate(p: &SynthParams) -> SynthCluster {
     for i in 0..p.services {
         let name = p.service_name(i);
         let probe = p.probes.contains(&i);
+        // Probes are always plain ClusterIP TCP services.
+        let plain = probe || p.mix == Mix::ClusterIpOnly;
         // Every roll happens for every service, probe or not, so the mix of
         // the others does not depend on which ones are probes.
         let shape = rng.below(100);
@@ -213,7 +243,7 @@ pub fn generate(p: &SynthParams) -> SynthCluster {
         let ranges = rng.percent(30);
         let affinity = rng.percent(5);
         let itp_local = rng.percent(1);
-        let (udp, multi) = if probe {
+        let (udp, multi) = if plain {
             (false, false)
         } else {
             (shape < 3, (3..13).contains(&shape))
@@ -227,7 +257,7 @@ pub fn generate(p: &SynthParams) -> SynthCluster {
             vec![("http", 80, "TCP", 8080)]
         };
         let needed = ports.len() as i32 + i32::from(local);
-        let type_ = match (probe, want_lb, want_np) {
+        let type_ = match (plain, want_lb, want_np) {
             (false, true, _) if next_node_port + needed - 1 <= NODE_PORT_MAX => "LoadBalancer",
             (false, false, true) if next_node_port + ports.len() as i32 - 1 <= NODE_PORT_MAX => "NodePort",
             _ => "ClusterIP",
@@ -264,11 +294,11 @@ pub fn generate(p: &SynthParams) -> SynthCluster {
         } else if type_ == "NodePort" {
             summary.node_port += 1;
         }
-        if affinity && !probe {
+        if affinity && !plain {
             svc = svc.client_ip_affinity(Some(10800));
             summary.affinity += 1;
         }
-        if itp_local && !probe {
+        if itp_local && !plain {
             svc = svc.internal_traffic_policy_local();
         }
         summary.services += 1;
@@ -292,6 +322,7 @@ pub fn generate(p: &SynthParams) -> SynthCluster {
                     let state = rng.below(100);
                     let spec = EpSpec::new(&ip.to_string()).node(&p.node(k)).zone(&p.zone(k));
                     match state {
+                        _ if p.mix == Mix::ClusterIpOnly => spec,
                         0..95 => spec,
                         95..98 => {
                             summary.terminating += 1;
@@ -340,6 +371,20 @@ pub fn probe_slice(p: &SynthParams, i: usize, endpoints: &[Ipv4Addr]) -> Endpoin
         slice = slice.endpoint_with(EpSpec::new(&ip.to_string()).node(&p.node_name).zone(&p.zone(0)));
     }
     slice.build()
+}
+
+/// Service `i`'s first EndpointSlice as `cluster` holds it, with its first
+/// endpoint's address replaced by `ip`: one endpoint gone and one new, the
+/// smallest change a sync can see. `None` when service `i` has no endpoint.
+pub fn replace_endpoint(cluster: &SynthCluster, p: &SynthParams, i: usize, ip: Ipv4Addr) -> Option<EndpointSlice> {
+    let name = format!("{}-0", p.service_name(i));
+    let mut slice = cluster
+        .slices
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(name.as_str()))?
+        .clone();
+    *slice.endpoints.first_mut()?.addresses.first_mut()? = ip.to_string();
+    Some(slice)
 }
 
 #[cfg(test)]
@@ -397,6 +442,64 @@ mod tests {
         );
         assert!(s.terminating > 0, "{s:?}");
         assert!(s.service_ports > s.services);
+    }
+
+    #[test]
+    fn cluster_ip_only_is_one_ready_tcp_port_per_service() {
+        let p = SynthParams {
+            mix: Mix::ClusterIpOnly,
+            ..params(2000, 3)
+        };
+        let c = generate(&p);
+        let s = &c.summary;
+        assert_eq!(s.service_ports, 2000, "{s:?}");
+        assert_eq!(
+            (
+                s.node_port,
+                s.load_balancer,
+                s.affinity,
+                s.udp,
+                s.multi_port,
+                s.terminating
+            ),
+            (0, 0, 0, 0, 0, 0),
+            "{s:?}"
+        );
+        for svc in &c.services {
+            let spec = svc.spec.as_ref().expect("spec");
+            assert_eq!(spec.type_, None, "ClusterIP");
+            assert_eq!(spec.internal_traffic_policy, None);
+        }
+        let ready =
+            |e: &k8s_openapi::api::discovery::v1::Endpoint| e.conditions.as_ref().and_then(|c| c.ready) == Some(true);
+        assert!(c.slices.iter().flat_map(|s| &s.endpoints).all(ready));
+    }
+
+    #[test]
+    fn replace_endpoint_changes_one_address_of_one_slice() {
+        let p = params(20, 3);
+        let c = generate(&p);
+        let spare = p.spare_endpoint(0);
+        assert!(
+            !c.slices
+                .iter()
+                .flat_map(|s| &s.endpoints)
+                .any(|e| e.addresses[0] == spare.to_string())
+        );
+        let before = c
+            .slices
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some("svc-00005-0"));
+        let after = replace_endpoint(&c, &p, 5, spare).expect("service 5 has endpoints");
+        let before = before.expect("slice of service 5");
+        assert_eq!(after.metadata, before.metadata);
+        assert_eq!(after.endpoints[0].addresses, vec![spare.to_string()]);
+        assert_eq!(after.endpoints[1..], before.endpoints[1..]);
+        let empty = SynthParams {
+            endpoints_per_service: 0,
+            ..p.clone()
+        };
+        assert_eq!(replace_endpoint(&generate(&empty), &empty, 5, spare), None);
     }
 
     #[test]

@@ -41,6 +41,32 @@ pub use readiness::{Readiness, ReadyHandle};
 /// kube-proxy's label selector for Services and EndpointSlices.
 pub const PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+#[cfg(test)]
+mod selector_tests {
+    use super::*;
+
+    #[test]
+    fn the_selector_and_the_predicate_name_the_same_labels() {
+        let selector: Vec<String> = UNPROXIED_LABELS.iter().map(|l| format!("!{l}")).collect();
+        assert_eq!(selector.join(","), PROXY_LABEL_SELECTOR);
+    }
+}
+
+/// The labels [`PROXY_LABEL_SELECTOR`] excludes: objects carrying either are
+/// not proxied by kube-proxy (another proxy's, or headless).
+pub const UNPROXIED_LABELS: [&str; 2] = [
+    "service.kubernetes.io/service-proxy-name",
+    "service.kubernetes.io/headless",
+];
+
+/// Whether an object with `meta` matches [`PROXY_LABEL_SELECTOR`], for
+/// objects that did not come through the API server's selector (manifests).
+pub fn is_proxied(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .is_none_or(|labels| UNPROXIED_LABELS.iter().all(|l| !labels.contains_key(*l)))
+}
+
 /// Hooks for what the watch loop observes (metrics are wired in here).
 pub trait WatchObserver: Send + Sync + 'static {
     /// A malformed object (or part of one) was skipped.

@@ -8,19 +8,33 @@
 //! ```
 //!
 //! A [`Dp`] is one node topology ([`crate::netns::Topology`]: node, pods,
-//! outside client) plus the model and a backend programming the node
-//! namespace, built for a [`Mode`]. A test applies Services and
-//! EndpointSlices (built with `kproxy::model::builders`), syncs the way the
-//! daemon does (`desired()`, `changes()`, `Backend::sync`, `ack`), and then
-//! checks a table of [`Flow`]s: from which namespace, to which address,
-//! expecting which pods (all of them, or one sticky pod), `Refused` or
-//! `Timeout`, and what source address the pod sees.
+//! outside client, and the `nowhere` namespace answering unhandled VIP
+//! traffic) plus the model and a backend programming the node namespace,
+//! built for a [`Mode`]. A test applies Services and EndpointSlices (built
+//! with `kproxy::model::builders`), syncs the way the daemon does
+//! (`desired()`, `changes()`, `Backend::sync`, `ack`), and then checks a
+//! table of [`Flow`]s: from which namespace, to which address, expecting
+//! which pods (all of them, or one sticky pod) and what source address the
+//! pod sees, or one of the three outcomes that are not a pod:
+//!
+//! ```text
+//!   refused()    REJECT: TCP RST / ICMP unreachable, every try
+//!   dropped()    DROP: no answer within DROP_TIMEOUT, every try
+//!   unhandled()  no rule touched it: the `unhandled` responder answered
+//!                (VIPs: the `nowhere` namespace; NodePorts: the harness's
+//!                listeners on the node, see NODE_PORTS_TCP/UDP)
+//! ```
+//!
+//! A flow expecting anything else that gets the `unhandled` answer fails
+//! saying that no rule handled it.
 //!
 //! The scenarios live in [`cases`], one function per behaviour, taking the
-//! [`Mode`]; `tests/datapath_iptables.rs` runs each of them as a test, and a
-//! further backend only adds a [`Mode`] variant (with its arms in the few
-//! mode-specific checks: rule dumps, partial-sync input, apply calls) and a
-//! test file calling the same cases.
+//! [`Mode`]. `tests/datapath.rs` is their table: every case in every mode
+//! ([`run_case`], honouring [`Mark`]s), and every case once more against
+//! [`Mode::Empty`], where it must fail ([`prove_fails_without_rules`]). A
+//! further backend adds a [`Mode`] variant (with its arms in the few
+//! mode-specific checks: rule dumps, partial-sync input, apply calls) and
+//! one line in that table.
 //!
 //! Conventions: pods serve TCP on 8080 and UDP on 5353 (replying with their
 //! label and the peer address they saw); services expose TCP 80 ("http") and
@@ -33,7 +47,8 @@
 // Test harness: runs tools and sockets directly.
 #![allow(clippy::disallowed_types)]
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -49,13 +64,13 @@ use kproxy::backend::iptables::names::PortChains;
 use kproxy::backend::iptables::{IptablesBackend, Settings};
 use kproxy::backend::ipvs::{Clients, IpvsBackend, IpvsOpts};
 use kproxy::backend::nftables::{self, NftablesBackend};
-use kproxy::backend::{Backend, SyncKind};
+use kproxy::backend::{Backend, RecordingBackend, SyncKind};
 use kproxy::config::NodePortAddresses;
 use kproxy::model::builders::{EpSpec, ServiceBuilder, mk_node, mk_service, mk_slice};
 use kproxy::model::{ChangeSet, IpFamily, Model, Protocol, SelectionOptions, ServiceName, ServicePortName};
 use kproxy::sys::{CommandOutput, CommandRunner, NetnsRunner, RunError, RunnerSysctl, Sys};
 
-use crate::netns::{self, ConnError, Netns, Proto, Reply, Topology, vip4, vip6};
+use crate::netns::{self, ConnError, Netns, Proto, Reply, Topology, UNHANDLED, vip4, vip6};
 
 // ---------------------------------------------------------------------------
 // Conventions
@@ -72,7 +87,20 @@ pub const TCP_PORT: u16 = 80;
 pub const TCP_TARGET: u16 = 8080;
 pub const UDP_PORT: u16 = 53;
 pub const UDP_TARGET: u16 = 5353;
+/// An SCTP service port (and target port); no SCTP packet is ever sent.
+pub const SCTP_PORT: u16 = 3868;
 pub const MASQUERADE_MARK: u32 = 0x4000;
+/// ClientIP affinity timeout of the expiry case, and how many waits past it
+/// the case allows before it declares the affinity stuck.
+pub const AFFINITY_TIMEOUT_SECS: i32 = 2;
+pub const AFFINITY_ROUNDS: usize = 10;
+
+/// Every NodePort the cases may use. The harness listens on them on the
+/// node (TCP and UDP, answering [`UNHANDLED`]), so NodePort traffic that no
+/// rule handled answers instead of being refused by the node's kernel.
+/// [`service_with_node_ports`] refuses ports not listed here.
+pub const NODE_PORTS_TCP: &[u16] = &[30080, 30081, 30082];
+pub const NODE_PORTS_UDP: &[u16] = &[30053, 30054, 30055];
 
 /// Per-request timeout for flows expected to get an answer.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,6 +119,11 @@ pub fn node_ext_ip() -> IpAddr {
 
 pub fn node_ip6() -> IpAddr {
     IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1))
+}
+
+/// The node's external IPv6 address (eth1, towards the client).
+pub fn node_ext_ip6() -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 1))
 }
 
 pub fn client_ip() -> IpAddr {
@@ -158,10 +191,35 @@ pub fn service_dual(name: &str, vip4: IpAddr, vip6: IpAddr) -> ServiceBuilder {
 /// A `type` (NodePort or LoadBalancer) service with node ports for both
 /// ports.
 pub fn service_with_node_ports(name: &str, type_: &str, vip: IpAddr, np_tcp: u16, np_udp: u16) -> ServiceBuilder {
-    mk_service(NS, name)
+    with_node_ports(
+        mk_service(NS, name).type_(type_).cluster_ip(&vip.to_string()),
+        np_tcp,
+        np_udp,
+    )
+}
+
+/// A dual-stack (IPv4 first) `type` service with node ports for both ports.
+pub fn service_dual_with_node_ports(
+    name: &str,
+    type_: &str,
+    vip4: IpAddr,
+    vip6: IpAddr,
+    np_tcp: u16,
+    np_udp: u16,
+) -> ServiceBuilder {
+    let svc = mk_service(NS, name)
         .type_(type_)
-        .cluster_ip(&vip.to_string())
-        .node_port("http", i32::from(TCP_PORT), "TCP", i32::from(np_tcp))
+        .cluster_ips(&[&vip4.to_string(), &vip6.to_string()]);
+    with_node_ports(svc, np_tcp, np_udp)
+}
+
+fn with_node_ports(svc: ServiceBuilder, np_tcp: u16, np_udp: u16) -> ServiceBuilder {
+    assert!(
+        NODE_PORTS_TCP.contains(&np_tcp) && NODE_PORTS_UDP.contains(&np_udp),
+        "node ports {np_tcp}/{np_udp}: add them to NODE_PORTS_TCP/NODE_PORTS_UDP so unhandled \
+         NodePort traffic answers"
+    );
+    svc.node_port("http", i32::from(TCP_PORT), "TCP", i32::from(np_tcp))
         .target_port(i32::from(TCP_TARGET))
         .node_port("dns", i32::from(UDP_PORT), "UDP", i32::from(np_udp))
         .target_port(i32::from(UDP_TARGET))
@@ -180,6 +238,11 @@ pub fn remote(i: usize) -> EpSpec {
 /// The IPv6 address of pod `i` as a ready local endpoint.
 pub fn local6(i: usize) -> EpSpec {
     EpSpec::new(&pod6(i).to_string()).node(NODE)
+}
+
+/// The IPv6 address of pod `i` as a ready endpoint on another node.
+pub fn remote6(i: usize) -> EpSpec {
+    EpSpec::new(&pod6(i).to_string()).node(OTHER_NODE)
 }
 
 /// An IPv4 EndpointSlice `<svc>-v4` of service `svc` with `eps`.
@@ -257,6 +320,11 @@ pub enum Mode {
     Nftables,
     /// Needs a kernel with IPVS: runs in the VM (`tests/ipvs_vm.rs`).
     Ipvs,
+    /// Programs nothing (a recording backend): the empty ruleset every case
+    /// must fail against (see [`prove_fails_without_rules`]). Its rule checks
+    /// (`check_*`) pass vacuously, so a case runs on to all of its flow
+    /// tables, which are what must fail.
+    Empty,
 }
 
 /// A backend of some mode, with access to its mode-specific introspection.
@@ -264,6 +332,7 @@ pub enum ModeBackend {
     Iptables(IptablesBackend),
     Nftables(NftablesBackend),
     Ipvs(IpvsBackend),
+    Empty(RecordingBackend),
 }
 
 impl ModeBackend {
@@ -272,6 +341,7 @@ impl ModeBackend {
             ModeBackend::Iptables(b) => b,
             ModeBackend::Nftables(b) => b,
             ModeBackend::Ipvs(b) => b,
+            ModeBackend::Empty(b) => b,
         }
     }
 }
@@ -282,6 +352,7 @@ impl Mode {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
             Mode::Ipvs => "ipvs",
+            Mode::Empty => "empty",
         }
     }
 
@@ -300,7 +371,18 @@ impl Mode {
             ],
             Mode::Nftables => &["nft", "conntrack", "sysctl"],
             Mode::Ipvs => &["ipvsadm", "ipset", "iptables-save", "conntrack", "sysctl"],
+            Mode::Empty => &["conntrack", "sysctl"],
         }
+    }
+
+    /// Everything a [`Dp`] of this mode needs: the mode's tools and `nft`
+    /// for the unhandled responder.
+    fn dp_tools(self) -> Vec<&'static str> {
+        let mut tools = self.tools().to_vec();
+        if !tools.contains(&"nft") {
+            tools.push("nft");
+        }
+        tools
     }
 
     fn new_backend(self, sys: Sys, cfg: &DpConfig, node: &Netns) -> ModeBackend {
@@ -342,6 +424,7 @@ impl Mode {
                 let clients = node.run_in(|| Clients::open().unwrap_or_else(|e| panic!("ipvs clients: {e}")));
                 ModeBackend::Ipvs(IpvsBackend::with_clients(sys, settings, IpvsOpts::default(), clients))
             }
+            Mode::Empty => ModeBackend::Empty(RecordingBackend::new()),
         }
     }
 
@@ -357,6 +440,7 @@ impl Mode {
                 &["iptables-save"],
                 &["ip6tables-save"],
             ],
+            Mode::Empty => &[],
         }
     }
 
@@ -367,13 +451,25 @@ impl Mode {
 
     /// Whether `dump` shows `vip:port` (TCP) sent to endpoint rules.
     pub fn vip_programmed(self, dump: &str, vip: IpAddr, port: u16) -> bool {
+        self.vip_programmed_for(dump, "tcp", vip, port)
+    }
+
+    /// Whether `dump` shows `vip:port` of protocol `proto` (`tcp`, `udp`,
+    /// `sctp`) sent to endpoint rules.
+    pub fn vip_programmed_for(self, dump: &str, proto: &str, vip: IpAddr, port: u16) -> bool {
         match self {
             Mode::Iptables => {
                 let dst = format!("-d {vip}/{} ", if vip.is_ipv4() { 32 } else { 128 });
                 let dport = format!("--dport {port} ");
+                let proto = format!("-p {proto} ");
                 let target = dump
                     .lines()
-                    .filter(|l| l.starts_with("-A KUBE-SERVICES ") && l.contains(&dst) && l.contains(&dport))
+                    .filter(|l| {
+                        l.starts_with("-A KUBE-SERVICES ")
+                            && l.contains(&dst)
+                            && l.contains(&proto)
+                            && l.contains(&dport)
+                    })
                     .find_map(|l| l.split(" -j ").nth(1))
                     .map(|t| t.split_whitespace().next().unwrap_or("").to_string());
                 let Some(chain) = target.filter(|t| t.starts_with("KUBE-SVC-") || t.starts_with("KUBE-SVL-")) else {
@@ -386,12 +482,18 @@ impl Mode {
                         .lines()
                         .any(|l| l.starts_with("-A KUBE-SEP-") && l.contains("-j DNAT"))
             }
-            Mode::Nftables => nft::vip_programmed(dump, vip, port),
+            Mode::Nftables => nft::vip_programmed(dump, proto, vip, port),
             Mode::Ipvs => {
-                let vs = format!("-t {}", SocketAddr::new(vip, port));
+                let kind = match proto {
+                    "tcp" => "-t",
+                    "udp" => "-u",
+                    _ => "--sctp-service",
+                };
+                let vs = format!("{kind} {}", SocketAddr::new(vip, port));
                 dump.lines().any(|l| l.starts_with(&format!("-A {vs} ")))
                     && dump.lines().any(|l| l.starts_with(&format!("-a {vs} -r ")))
             }
+            Mode::Empty => false,
         }
     }
 
@@ -427,6 +529,7 @@ impl Mode {
                     Err(format!("health check port {port} not accepted:\n{dump}"))
                 }
             }
+            Mode::Empty => Ok(()),
         }
     }
 
@@ -466,6 +569,7 @@ impl Mode {
             }
             (Mode::Nftables, ModeBackend::Nftables(b)) => nft::check_partial_input(b, changed, unchanged),
             (Mode::Ipvs, _) => Err("ipvs mode: partial inputs are checked by its own VM test".into()),
+            (Mode::Empty, ModeBackend::Empty(_)) => Ok(()),
             (mode, _) => Err(format!("the backend is not a {} backend", mode.name())),
         }
     }
@@ -510,6 +614,7 @@ impl Mode {
                 let _ = (dump, svc);
                 Ok(())
             }
+            Mode::Empty => Ok(()),
         }
     }
 
@@ -536,6 +641,7 @@ impl Mode {
                 }
             }
             Mode::Nftables => nft::check_no_duplicate_rules(dump),
+            Mode::Empty => Ok(()),
         }
     }
 
@@ -554,6 +660,7 @@ impl Mode {
                 }
             }
             Mode::Nftables => nft::check_apply_calls(calls),
+            Mode::Empty => Ok(()),
         }
     }
 
@@ -565,7 +672,7 @@ impl Mode {
     pub fn pod_to_local_external<'a>(self, cluster: &'a [usize], local: &'a [usize]) -> &'a [usize] {
         match self {
             Mode::Ipvs => local,
-            Mode::Iptables | Mode::Nftables => cluster,
+            Mode::Iptables | Mode::Nftables | Mode::Empty => cluster,
         }
     }
 
@@ -577,23 +684,24 @@ impl Mode {
         !matches!(self, Mode::Ipvs)
     }
 
-    /// Whether NodePorts answer on 127.0.0.1. kube-proxy's nftables mode
-    /// has no localhost NodePorts (and neither has ours).
+    /// Whether NodePorts answer on 127.0.0.1. kube-proxy's nftables and
+    /// ipvs modes have no localhost NodePorts (and neither have ours). The
+    /// empty mode keeps the flow as given (it must fail it).
     pub fn serves_localhost_node_ports(self) -> bool {
         match self {
-            Mode::Iptables => true,
+            Mode::Iptables | Mode::Empty => true,
             Mode::Nftables | Mode::Ipvs => false,
         }
     }
 
     /// `flow` (to a localhost NodePort) as this mode handles it: as given
-    /// where localhost NodePorts are served, refused (nothing listens on
-    /// the node) where they are not.
+    /// where localhost NodePorts are served, unhandled (it reaches the
+    /// harness's listener on the node) where they are not.
     pub fn localhost_node_port(self, flow: Flow) -> Flow {
         if self.serves_localhost_node_ports() {
             flow
         } else {
-            flow.refused()
+            flow.unhandled()
         }
     }
 }
@@ -666,8 +774,8 @@ mod nft {
             .map(|(_, _, r)| r.as_str())
     }
 
-    pub fn vip_programmed(dump: &str, vip: IpAddr, port: u16) -> bool {
-        let key = format!("{vip} . tcp . {port} : goto ");
+    pub fn vip_programmed(dump: &str, proto: &str, vip: IpAddr, port: u16) -> bool {
+        let key = format!("{vip} . {proto} . {port} : goto ");
         let Some(i) = dump.find(&key) else { return false };
         let rest = &dump[i + key.len()..];
         let end = rest
@@ -872,6 +980,8 @@ pub enum Expect {
     Refused,
     /// Every try unanswered (DROP).
     Timeout,
+    /// Every try answered by the unhandled responder: no rule touched it.
+    Unhandled,
 }
 
 /// The source address the answering pod must have seen.
@@ -935,6 +1045,13 @@ impl Flow {
         self
     }
 
+    /// No rule may handle the flow: it reaches the unhandled responder (a
+    /// VIP) or the harness's listener on the node (a NodePort).
+    pub fn unhandled(mut self) -> Self {
+        self.expect = Expect::Unhandled;
+        self
+    }
+
     /// The pod must see the client's own address (no SNAT).
     pub fn src_own(mut self) -> Self {
         self.src = Src::Own;
@@ -960,6 +1077,7 @@ impl Flow {
             Expect::Sticky(_) => 20,
             Expect::Refused => 3,
             Expect::Timeout => 1,
+            Expect::Unhandled => 2,
         })
     }
 
@@ -983,6 +1101,10 @@ impl fmt::Display for Flow {
         }
         Ok(())
     }
+}
+
+fn is_unhandled(r: &Result<Reply, ConnError>) -> bool {
+    r.as_ref().is_ok_and(|r| r.pod == UNHANDLED)
 }
 
 fn pod_index(label: &str) -> Option<usize> {
@@ -1010,7 +1132,14 @@ fn judge(flow: &Flow, results: &[Result<Reply, ConnError>]) -> Result<(), String
     }
     let fail = |why: String| Err(format!("{why}; got {tally:?}"));
     let replies: Vec<&Reply> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    let unhandled = results.iter().filter(|r| is_unhandled(r)).count();
     match &flow.expect {
+        Expect::Unhandled if unhandled == results.len() => Ok(()),
+        Expect::Unhandled => fail("expected the unhandled responder to answer every try (no rule handling it)".into()),
+        _ if unhandled > 0 => fail(format!(
+            "{unhandled} of {} tries answered by the {UNHANDLED} responder: NO RULE HANDLED THIS FLOW",
+            results.len()
+        )),
         Expect::Refused | Expect::Timeout => {
             let want = if flow.expect == Expect::Refused {
                 ConnError::Refused
@@ -1063,14 +1192,29 @@ impl Dp {
     /// when the environment cannot run datapath tests; panics instead under
     /// `CI=true`.
     pub fn new(mode: Mode, cfg: DpConfig) -> Option<Self> {
-        if !netns::require_root_tools(mode.tools()) {
+        if !netns::require_root_tools(&mode.dp_tools()) {
             return None;
         }
-        let topo = Topology::builder().pods(cfg.pods).ipv6(cfg.ipv6).build();
+        let topo = Topology::builder()
+            .pods(cfg.pods)
+            .ipv6(cfg.ipv6)
+            .unhandled_responder(true)
+            .build();
         for i in 0..cfg.pods {
             assert_eq!(IpAddr::V4(topo.pod_ip(i)), pod4(i), "address plan of pod{i}");
         }
         topo.start_servers(TCP_TARGET, UDP_TARGET);
+        let node = topo.node();
+        for port in NODE_PORTS_TCP {
+            if let Err(e) = node.serve_tcp_as(*port, UNHANDLED) {
+                panic!("NodePort listener on the node, tcp {port}: {e}");
+            }
+        }
+        for port in NODE_PORTS_UDP {
+            if let Err(e) = node.serve_udp_as(*port, UNHANDLED) {
+                panic!("NodePort listener on the node, udp {port}: {e}");
+            }
+        }
         let mut model = Model::new(NODE, SelectionOptions::default());
         let mut node = mk_node(NODE)
             .internal_ip(&node_ip().to_string())
@@ -1203,18 +1347,30 @@ impl Dp {
         self.mode.dump(self.topo.node())
     }
 
+    /// One request from `who` (bounded by the reply timeout).
+    pub fn request(&self, who: Who, proto: Proto, to: SocketAddr) -> Result<Reply, ConnError> {
+        self.ns(who).request(proto, to, REPLY_TIMEOUT)
+    }
+
+    fn flow_results(&self, flow: &Flow) -> Vec<Result<Reply, ConnError>> {
+        let ns = self.ns(flow.from);
+        (0..flow.tries_or_default())
+            .map(|_| ns.request(flow.proto, flow.to, flow.timeout()))
+            .collect()
+    }
+
     /// Run one flow; Err describes the mismatch.
     pub fn run_flow(&self, flow: &Flow) -> Result<(), String> {
-        let ns = self.ns(flow.from);
-        let results: Vec<Result<Reply, ConnError>> = (0..flow.tries_or_default())
-            .map(|_| ns.request(flow.proto, flow.to, flow.timeout()))
-            .collect();
-        judge(flow, &results)
+        judge(flow, &self.flow_results(flow))
     }
 
     /// Run every flow of the table; panic listing every mismatch (and the
-    /// node's rules) if any.
+    /// node's rules) if any. In [`Mode::Empty`] the flows are proved
+    /// instead (see [`proof`]).
     pub fn check(&self, flows: &[Flow]) {
+        if self.mode == Mode::Empty {
+            return self.check_against_empty_ruleset(flows);
+        }
         let failures: Vec<String> = flows
             .iter()
             .filter_map(|f| self.run_flow(f).err().map(|e| format!("{f}\n      {e}")))
@@ -1227,6 +1383,214 @@ impl Dp {
                 self.mode.name(),
                 failures.join("\n  - "),
                 self.dump()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The empty-ruleset proof
+// ---------------------------------------------------------------------------
+
+/// Every case's assertions can fail: run against [`Mode::Empty`] (nothing
+/// programmed, so every VIP and NodePort reaches the unhandled responder),
+/// each flow expecting a pod, a DROP or a REJECT must fail, and fail because
+/// the unhandled responder answered it.
+///
+/// [`Dp::check`] in the empty mode judges every flow and records it here
+/// instead of panicking, so one case run proves all of its flow tables, not
+/// only the first: a flow expecting `unhandled` must pass; any other flow
+/// must fail with every try answered by the responder. Anything else (a
+/// flow that passes without rules, or fails some other way) panics at once
+/// with [`proof::BROKEN`].
+pub mod proof {
+    use super::*;
+
+    /// Marks a panic that breaks the proof itself (not an expected failure).
+    pub const BROKEN: &str = "PROOF BROKEN";
+
+    /// What one case did against the empty ruleset.
+    #[derive(Debug, Default)]
+    pub struct Log {
+        /// Forward/drop/reject flows that failed because nothing handled them.
+        pub failed: Vec<String>,
+        /// Flows expecting `unhandled` that were (rightly) unhandled.
+        pub unhandled: usize,
+    }
+
+    thread_local! {
+        static LOG: RefCell<Option<Log>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn start() {
+        LOG.with(|l| *l.borrow_mut() = Some(Log::default()));
+    }
+
+    pub(super) fn finish() -> Log {
+        LOG.with(|l| l.borrow_mut().take()).unwrap_or_default()
+    }
+
+    pub(super) fn record(f: impl FnOnce(&mut Log)) {
+        LOG.with(|l| match l.borrow_mut().as_mut() {
+            Some(log) => f(log),
+            None => panic!("{BROKEN}: Mode::Empty runs only under prove_fails_without_rules"),
+        });
+    }
+}
+
+impl Dp {
+    /// [`Dp::check`] in [`Mode::Empty`]: see [`proof`].
+    fn check_against_empty_ruleset(&self, flows: &[Flow]) {
+        for flow in flows {
+            let results = self.flow_results(flow);
+            match (&flow.expect, judge(flow, &results)) {
+                (Expect::Unhandled, Ok(())) => proof::record(|l| l.unhandled += 1),
+                (Expect::Unhandled, Err(e)) => panic!(
+                    "{}: {flow}: with no rules at all it is not unhandled: {e}",
+                    proof::BROKEN
+                ),
+                (_, Ok(())) => panic!(
+                    "{}: {flow} passes against an empty ruleset: this assertion cannot fail",
+                    proof::BROKEN
+                ),
+                (_, Err(e)) if results.iter().all(is_unhandled) => {
+                    proof::record(|l| l.failed.push(format!("{flow}: {e}")))
+                }
+                (_, Err(e)) => panic!(
+                    "{}: {flow} fails against an empty ruleset, but not (only) because the {UNHANDLED} \
+                     responder answered: {e}",
+                    proof::BROKEN
+                ),
+            }
+        }
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic)".to_string()
+    }
+}
+
+/// Print a line to the real stderr, past the test harness's output capture,
+/// so a skip or a known bug shows in every `cargo test` run.
+fn loud(line: &str) {
+    let mut err = io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
+/// Run `case` against [`Mode::Empty`] and assert that it fails, and fails
+/// because its traffic went unhandled (see [`proof`]).
+pub fn prove_fails_without_rules(name: &str, case: fn(Mode)) {
+    if !netns::require_root_tools(&Mode::Empty.dp_tools()) {
+        return;
+    }
+    proof::start();
+    let outcome = std::panic::catch_unwind(|| case(Mode::Empty));
+    let log = proof::finish();
+    let panicked = outcome.err().map(|p| panic_message(p.as_ref()));
+    if let Some(m) = panicked.as_deref().filter(|m| m.contains(proof::BROKEN)) {
+        panic!("{name}: {m}");
+    }
+    match (log.failed.len(), panicked.as_deref()) {
+        (0, None) => panic!("{name} passes against an empty ruleset: none of its checks can fail"),
+        (0, Some(m)) if !m.contains(UNHANDLED) => panic!(
+            "{name} fails against an empty ruleset before any flow failed, and not because traffic \
+             went unhandled: {m}"
+        ),
+        (n, m) => {
+            println!(
+                "{name}: {n} flow(s) failed against the empty ruleset, each answered by the {UNHANDLED} responder:"
+            );
+            for f in &log.failed {
+                println!("  - {f}");
+            }
+            println!("  ({} unhandled flow(s) rightly unhandled)", log.unhandled);
+            if let Some(m) = m {
+                println!("  then the case stopped at: {}", m.lines().next().unwrap_or(""));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The table's marks
+// ---------------------------------------------------------------------------
+
+/// A mark on a (case, mode) pair in the table of `tests/datapath.rs`.
+#[derive(Clone, Copy, Debug)]
+pub enum Mark {
+    /// The mode cannot honour the case: the test prints why and returns.
+    Skip { mode: &'static str, why: &'static str },
+    /// The case fails in this mode because of a backend bug: the test runs
+    /// it, prints the bug and its failure loudly, and fails once the case
+    /// passes (the mark must then go).
+    KnownBug { mode: &'static str, why: &'static str },
+}
+
+impl Mark {
+    pub const fn skip(mode: &'static str, why: &'static str) -> Self {
+        Mark::Skip { mode, why }
+    }
+
+    pub const fn known_bug(mode: &'static str, why: &'static str) -> Self {
+        Mark::KnownBug { mode, why }
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Mark::Skip { mode, .. } | Mark::KnownBug { mode, .. } => mode,
+        }
+    }
+}
+
+/// Run `case` in `mode` as the table's `marks` say.
+pub fn run_case(mode: Mode, name: &str, marks: &[Mark], case: fn(Mode)) {
+    let m = mode.name();
+    match marks.iter().find(|k| k.mode() == m) {
+        None => case(mode),
+        Some(Mark::Skip { why, .. }) => loud(&format!("SKIPPED {name} in {m}: {why}")),
+        Some(Mark::KnownBug { why, .. }) => {
+            if !netns::require_root_tools(&mode.dp_tools()) {
+                return;
+            }
+            match std::panic::catch_unwind(|| case(mode)) {
+                Err(p) => {
+                    let msg = panic_message(p.as_ref());
+                    // The failure itself, without the ruleset dump that follows it.
+                    let failure: Vec<&str> = msg.lines().take_while(|l| !l.starts_with("--- ")).take(12).collect();
+                    loud(&format!(
+                        "KNOWN BUG {name} in {m}: {why}\n  it still fails: {}",
+                        failure.join("\n    ")
+                    ));
+                }
+                Ok(()) => panic!("{name} in {m} is marked known_bug({why:?}) but passes: remove the mark"),
+            }
+        }
+    }
+}
+
+/// The table's marks name only listed modes, and each listed test module
+/// is named after its mode.
+pub fn check_table(modes: &[(&str, Mode)], cases: &[(&str, &[Mark])]) {
+    for (module, mode) in modes {
+        assert_eq!(
+            *module,
+            mode.name(),
+            "the table's module for {mode:?} must be named {}",
+            mode.name()
+        );
+    }
+    for (case, marks) in cases {
+        for mark in *marks {
+            assert!(
+                modes.iter().any(|(m, _)| *m == mark.mode()),
+                "{case}: {mark:?} names a mode the table does not run"
             );
         }
     }
@@ -1444,8 +1808,8 @@ pub mod cases {
 
     /// NodePort on the node's external address from the outside client
     /// reaches endpoints, masqueraded to the node's address; also on
-    /// 127.0.0.1 from the node in modes with localhost NodePorts (refused in
-    /// the others, see [`Mode::localhost_node_port`]).
+    /// 127.0.0.1 from the node in modes with localhost NodePorts (unhandled
+    /// in the others, see [`Mode::localhost_node_port`]).
     pub fn node_port_from_client_is_masqueraded(mode: Mode) {
         let Some(mut dp) = Dp::start(mode) else { return };
         dp.program(
@@ -1473,8 +1837,8 @@ pub mod cases {
     }
 
     /// With nodePortAddresses limited to the external network, the NodePort
-    /// answers on 198.18.2.1 only: on the node's pod-network address it is
-    /// not accepted.
+    /// answers on 198.18.2.1 only: on the node's pod-network address and on
+    /// 127.0.0.1 no rule touches it.
     pub fn node_port_addresses_limit_where_node_ports_answer(mode: Mode) {
         let cfg = DpConfig {
             nodeport_addresses: NodePortAddresses::Cidrs(vec![netns::EXT_CIDR4.parse().expect("cidr")]),
@@ -1490,9 +1854,9 @@ pub mod cases {
                 .reaches(&[0, 1])
                 .src_ip(node_ip()),
             Flow::tcp(Who::Pod(2), SocketAddr::new(node_ext_ip(), 30080)).reaches(&[0, 1]),
-            // Nothing listens on the node itself: RST.
-            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ip(), 30080)).refused(),
-            Flow::tcp(Who::Node, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 30080)).refused(),
+            // No rule: the harness's listener on the node answers.
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ip(), 30080)).unhandled(),
+            Flow::tcp(Who::Node, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 30080)).unhandled(),
         ]);
     }
 
@@ -1928,7 +2292,8 @@ pub mod cases {
         assert_eq!(fresh.exchange("new", REPLY_TIMEOUT).expect("new exchange"), "pod0 new");
         dp.check(&[
             Flow::tcp(Who::Pod(2), tcp(v4(141))).reaches(&[1]),
-            Flow::tcp(Who::Pod(2), tcp(v4(142))).dropped(),
+            // "gone" was deleted: no rule for its VIP is left.
+            Flow::tcp(Who::Pod(2), tcp(v4(142))).unhandled(),
         ]);
     }
 
@@ -1999,11 +2364,12 @@ pub mod cases {
             Flow::tcp(Who::Client, tcp(b_lb)).reaches(&[2]).src_own(),
         ]);
 
-        // a is deleted: its VIP leads nowhere, nothing of it is left.
+        // a is deleted: no rule handles its VIP, nothing of it is left.
         dp.model.delete_service(&ServiceName::new(NS, "a"));
         dp.sync(SyncKind::Partial);
         dp.check(&[
-            Flow::tcp(Who::Pod(2), tcp(a)).dropped(),
+            Flow::tcp(Who::Pod(2), tcp(a)).unhandled(),
+            Flow::udp(Who::Client, udp(a)).unhandled(),
             Flow::tcp(Who::Pod(0), tcp(b)).reaches(&[2]),
         ]);
         if let Err(e) = mode.check_no_leftovers(&dp.dump(), "a") {
@@ -2012,5 +2378,358 @@ pub mod cases {
                 dp.dump()
             );
         }
+    }
+
+    /// IPv6 NodePort: from the client on the node's external IPv6 address
+    /// (TCP and UDP) it reaches the pods' IPv6 addresses, masqueraded to the
+    /// node's IPv6 address; from a pod on the node's pod-network address;
+    /// the same service's IPv4 NodePort keeps working; `[::1]` is never a
+    /// NodePort address.
+    pub fn ipv6_node_port_from_client_is_masqueraded(mode: Mode) {
+        let Some(mut dp) = Dp::new(
+            mode,
+            DpConfig {
+                ipv6: true,
+                ..DpConfig::default()
+            },
+        ) else {
+            return;
+        };
+        dp.program(
+            &[service_dual_with_node_ports("np6", "NodePort", v4(160), v6(160), 30080, 30053).build()],
+            &[
+                slice("np6", &[local(0), remote(1)]),
+                slice6("np6", &[local6(0), remote6(1)]),
+            ],
+        );
+        let ext6 = node_ext_ip6();
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(ext6, 30080))
+                .reaches(&[0, 1])
+                .src_ip(node_ip6()),
+            Flow::udp(Who::Client, SocketAddr::new(ext6, 30053))
+                .reaches(&[0, 1])
+                .src_ip(node_ip6()),
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ip6(), 30080)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, SocketAddr::new(node_ext_ip(), 30080))
+                .reaches(&[0, 1])
+                .src_ip(node_ip()),
+            Flow::tcp(Who::Node, SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 30080)).unhandled(),
+        ]);
+    }
+
+    /// IPv6 LoadBalancer: the IPv6 ingress IP reaches the endpoints from the
+    /// client and from a pod (both masqueraded: Cluster policy); IPv6 source
+    /// ranges admit the client's network and drop a pod.
+    pub fn ipv6_load_balancer_ip_reaches_endpoints(mode: Mode) {
+        let Some(mut dp) = Dp::new(
+            mode,
+            DpConfig {
+                ipv6: true,
+                ..DpConfig::default()
+            },
+        ) else {
+            return;
+        };
+        let (lb, lb_fw) = (v6(171), v6(173));
+        dp.program(
+            &[
+                service_dual_with_node_ports("lb6", "LoadBalancer", v4(170), v6(170), 30080, 30053)
+                    .lb_ingress(&v4(171).to_string())
+                    .lb_ingress(&lb.to_string())
+                    .build(),
+                service_dual_with_node_ports("lb6-fw", "LoadBalancer", v4(172), v6(172), 30081, 30054)
+                    .lb_ingress(&lb_fw.to_string())
+                    .source_ranges(&[netns::EXT_CIDR6])
+                    .build(),
+            ],
+            &[
+                slice6("lb6", &[local6(0), remote6(1)]),
+                slice6("lb6-fw", &[local6(1), local6(2)]),
+            ],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, tcp(lb)).reaches(&[0, 1]).src_ip(node_ip6()),
+            Flow::udp(Who::Client, udp(lb)).reaches(&[0, 1]).src_ip(node_ip6()),
+            // External destinations with Cluster policy are masqueraded, from pods too.
+            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(&[0, 1]).src_ip(node_ip6()),
+            Flow::tcp(Who::Client, tcp(lb_fw)).reaches(&[1, 2]),
+            Flow::tcp(Who::Pod(0), tcp(lb_fw)).dropped(),
+            Flow::udp(Who::Pod(0), udp(lb_fw)).dropped(),
+        ]);
+    }
+
+    /// IPv6 externalTrafficPolicy Local: the client's IPv6 address is kept
+    /// and only the local endpoint serves (NodePort and LB IP); with only
+    /// remote endpoints, external IPv6 traffic is dropped while the IPv6
+    /// cluster IP serves every endpoint.
+    pub fn ipv6_external_traffic_policy_local_keeps_client_ip(mode: Mode) {
+        let Some(mut dp) = Dp::new(
+            mode,
+            DpConfig {
+                ipv6: true,
+                ..DpConfig::default()
+            },
+        ) else {
+            return;
+        };
+        let (lb, lb_remote) = (v6(181), v6(183));
+        dp.program(
+            &[
+                service_dual_with_node_ports("etp6", "LoadBalancer", v4(180), v6(180), 30080, 30053)
+                    .lb_ingress(&lb.to_string())
+                    .external_traffic_policy_local()
+                    .health_check_node_port(32000)
+                    .build(),
+                service_dual_with_node_ports("etp6-remote", "LoadBalancer", v4(182), v6(182), 30081, 30054)
+                    .lb_ingress(&lb_remote.to_string())
+                    .external_traffic_policy_local()
+                    .health_check_node_port(32001)
+                    .build(),
+            ],
+            &[
+                slice6("etp6", &[local6(0), remote6(1)]),
+                slice6("etp6-remote", &[remote6(0), remote6(1)]),
+            ],
+        );
+        let ext6 = node_ext_ip6();
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(ext6, 30080))
+                .reaches(&[0])
+                .src_own()
+                .tries(8),
+            Flow::udp(Who::Client, SocketAddr::new(ext6, 30053))
+                .reaches(&[0])
+                .src_own()
+                .tries(8),
+            Flow::tcp(Who::Client, tcp(lb)).reaches(&[0]).src_own().tries(8),
+            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, SocketAddr::new(ext6, 30081)).dropped(),
+            Flow::udp(Who::Client, SocketAddr::new(ext6, 30054)).dropped(),
+            Flow::tcp(Who::Client, tcp(lb_remote)).dropped(),
+            Flow::tcp(Who::Pod(2), tcp(v6(182))).reaches(&[0, 1]).src_own(),
+        ]);
+    }
+
+    /// IPv6 hairpin: a pod reaching itself through an IPv6 VIP gets an
+    /// answer and sees the node's IPv6 address; another pod is not
+    /// masqueraded.
+    pub fn ipv6_hairpin_to_self_through_vip_is_masqueraded(mode: Mode) {
+        let Some(mut dp) = Dp::new(
+            mode,
+            DpConfig {
+                ipv6: true,
+                ..DpConfig::default()
+            },
+        ) else {
+            return;
+        };
+        let vip = v6(190);
+        dp.program(
+            &[mk_service(NS, "self6")
+                .cluster_ip(&vip.to_string())
+                .port("http", i32::from(TCP_PORT), "TCP")
+                .target_port(i32::from(TCP_TARGET))
+                .port("dns", i32::from(UDP_PORT), "UDP")
+                .target_port(i32::from(UDP_TARGET))
+                .build()],
+            &[slice6("self6", &[local6(0)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Pod(0), tcp(vip)).reaches(&[0]).src_ip(node_ip6()),
+            Flow::udp(Who::Pod(0), udp(vip)).reaches(&[0]).src_ip(node_ip6()),
+            Flow::tcp(Who::Pod(1), tcp(vip)).reaches(&[0]).src_own(),
+        ]);
+    }
+
+    /// masqueradeAll: even pod-to-ClusterIP traffic is masqueraded, so the
+    /// endpoint sees the node's address instead of the pod's.
+    pub fn masquerade_all_masquerades_pod_traffic(mode: Mode) {
+        let Some(mut dp) = Dp::new(
+            mode,
+            DpConfig {
+                masquerade_all: true,
+                ..DpConfig::default()
+            },
+        ) else {
+            return;
+        };
+        let vip = v4(200);
+        dp.program(
+            &[service("masq", vip).build()],
+            &[slice("masq", &[local(0), remote(1)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(vip)).reaches(&[0, 1]).src_ip(node_ip()),
+            Flow::udp(Who::Pod(2), udp(vip)).reaches(&[0, 1]).src_ip(node_ip()),
+            Flow::tcp(Who::Client, tcp(vip)).reaches(&[0, 1]).src_ip(node_ip()),
+        ]);
+    }
+
+    /// nodePortAddresses `primary`: NodePorts answer only on the node's
+    /// primary IP (its Node object lists 198.18.2.1 alone here); on its
+    /// other address and on 127.0.0.1 no rule touches them.
+    pub fn node_port_addresses_primary_answer_only_on_the_primary_ip(mode: Mode) {
+        let cfg = DpConfig {
+            nodeport_addresses: NodePortAddresses::Primary,
+            ..DpConfig::default()
+        };
+        let Some(mut dp) = Dp::new(mode, cfg) else { return };
+        dp.model
+            .set_node(Some(&mk_node(NODE).internal_ip(&node_ext_ip().to_string()).build()));
+        dp.program(
+            &[service_with_node_ports("np", "NodePort", v4(210), 30080, 30053).build()],
+            &[slice("np", &[local(0), remote(1)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(node_ext_ip(), 30080))
+                .reaches(&[0, 1])
+                .src_ip(node_ip()),
+            Flow::udp(Who::Client, SocketAddr::new(node_ext_ip(), 30053)).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ext_ip(), 30080)).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ip(), 30080)).unhandled(),
+            Flow::udp(Who::Pod(2), SocketAddr::new(node_ip(), 30053)).unhandled(),
+            Flow::tcp(Who::Node, SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 30080)).unhandled(),
+        ]);
+    }
+
+    /// nodePortAddresses `primary` on a Node listing two InternalIPs
+    /// (198.18.1.1, then 198.18.2.1): as in kube-proxy, whose primary IP is
+    /// one per family (the Node's first address, `GetNodeHostIPs`), only the
+    /// first answers; the second is an ordinary local address no rule
+    /// touches.
+    pub fn node_port_addresses_primary_is_the_first_node_ip(mode: Mode) {
+        let cfg = DpConfig {
+            nodeport_addresses: NodePortAddresses::Primary,
+            ..DpConfig::default()
+        };
+        let Some(mut dp) = Dp::new(mode, cfg) else { return };
+        dp.program(
+            &[service_with_node_ports("np", "NodePort", v4(211), 30080, 30053).build()],
+            &[slice("np", &[local(0), remote(1)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, SocketAddr::new(node_ip(), 30080))
+                .reaches(&[0, 1])
+                .src_ip(node_ip()),
+            Flow::tcp(Who::Pod(2), SocketAddr::new(node_ip(), 30080)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, SocketAddr::new(node_ext_ip(), 30080)).unhandled(),
+            Flow::udp(Who::Client, SocketAddr::new(node_ext_ip(), 30053)).unhandled(),
+        ]);
+    }
+
+    /// localhostNodePorts false: 127.0.0.1:NODEPORT is left alone, the
+    /// node's real addresses still serve the NodePort.
+    pub fn localhost_node_ports_off_leave_localhost_unhandled(mode: Mode) {
+        let cfg = DpConfig {
+            localhost_nodeports: false,
+            ..DpConfig::default()
+        };
+        let Some(mut dp) = Dp::new(mode, cfg) else { return };
+        dp.program(
+            &[service_with_node_ports("np", "NodePort", v4(220), 30080, 30053).build()],
+            &[slice("np", &[local(0), remote(1)])],
+        );
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        dp.check(&[
+            Flow::tcp(Who::Node, SocketAddr::new(lo, 30080)).unhandled(),
+            Flow::udp(Who::Node, SocketAddr::new(lo, 30053)).unhandled(),
+            Flow::tcp(Who::Node, SocketAddr::new(node_ext_ip(), 30080)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, SocketAddr::new(node_ext_ip(), 30080)).reaches(&[0, 1]),
+        ]);
+    }
+
+    /// loadBalancerSourceRanges holding the node's own address: the outside
+    /// client and the pods are dropped, the node itself reaches the LB IP.
+    pub fn source_ranges_admit_the_node_itself(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let lb = v4(231);
+        dp.program(
+            &[
+                service_with_node_ports("fw-node", "LoadBalancer", v4(230), 30080, 30053)
+                    .lb_ingress(&lb.to_string())
+                    .source_ranges(&[&format!("{}/32", node_ip())])
+                    .build(),
+            ],
+            &[slice("fw-node", &[local(0), remote(1)])],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Client, tcp(lb)).dropped(),
+            Flow::udp(Who::Client, udp(lb)).dropped(),
+            Flow::tcp(Who::Pod(2), tcp(lb)).dropped(),
+            Flow::tcp(Who::Node, tcp(lb)).reaches(&[0, 1]),
+            Flow::udp(Who::Node, udp(lb)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, tcp(v4(230))).reaches(&[0, 1]),
+        ]);
+    }
+
+    /// ClientIP affinity with timeoutSeconds 2: connections within the
+    /// timeout stick to one pod; after waiting past it, a new connection
+    /// may land elsewhere (one try per wait, at most [`AFFINITY_ROUNDS`]:
+    /// with 3 endpoints all landing on the same pod has p = 3^-10), and
+    /// then sticks there.
+    pub fn session_affinity_expires_after_its_timeout(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let vip = v4(240);
+        dp.program(
+            &[service("brief", vip)
+                .client_ip_affinity(Some(AFFINITY_TIMEOUT_SECS))
+                .build()],
+            &[slice("brief", &[local(0), local(1), remote(2)])],
+        );
+        dp.check(&[Flow::tcp(Who::Client, tcp(vip)).sticky(&[0, 1, 2]).tries(10)]);
+        let land = |dp: &Dp| match dp.request(Who::Client, Proto::Tcp, tcp(vip)) {
+            Ok(r) if pod_index(&r.pod).is_some() => r.pod,
+            other => panic!("client -> {vip}:80: expected a pod, got {other:?}"),
+        };
+        let pinned = land(&dp);
+        let wait = Duration::from_secs(AFFINITY_TIMEOUT_SECS as u64) + Duration::from_millis(1500);
+        let mut seen = BTreeSet::from([pinned.clone()]);
+        for _ in 0..AFFINITY_ROUNDS {
+            thread::sleep(wait);
+            seen.insert(land(&dp));
+            if seen.len() > 1 {
+                break;
+            }
+        }
+        assert!(
+            seen.len() > 1,
+            "affinity never expired: after each of {AFFINITY_ROUNDS} waits of {wait:?} the client landed on {pinned} again"
+        );
+        dp.check(&[Flow::tcp(Who::Client, tcp(vip)).sticky(&[0, 1, 2]).tries(10)]);
+    }
+
+    /// SCTP service ports: the kernel loads their rules (this kernel has no
+    /// SCTP transport, so no SCTP packet is sent): the sync succeeds, the
+    /// rules for the SCTP port are in the ruleset and the service's TCP port
+    /// works.
+    pub fn sctp_service_port_rules_load(mode: Mode) {
+        let Some(mut dp) = Dp::start(mode) else { return };
+        let vip = v4(250);
+        dp.program(
+            &[mk_service(NS, "sctp")
+                .type_("NodePort")
+                .cluster_ip(&vip.to_string())
+                .node_port("http", i32::from(TCP_PORT), "TCP", 30082)
+                .target_port(i32::from(TCP_TARGET))
+                .node_port("diameter", i32::from(SCTP_PORT), "SCTP", 30055)
+                .target_port(i32::from(SCTP_PORT))
+                .build()],
+            &[mk_slice(NS, "sctp-v4", "sctp")
+                .port("http", i32::from(TCP_TARGET), "TCP")
+                .port("diameter", i32::from(SCTP_PORT), "SCTP")
+                .endpoint_with(local(0))
+                .endpoint_with(remote(1))
+                .build()],
+        );
+        dp.check(&[
+            Flow::tcp(Who::Pod(2), tcp(vip)).reaches(&[0, 1]),
+            Flow::tcp(Who::Client, SocketAddr::new(node_ext_ip(), 30082)).reaches(&[0, 1]),
+        ]);
+        let dump = dp.dump();
+        assert!(
+            mode.vip_programmed_for(&dump, "sctp", vip, SCTP_PORT),
+            "no rules send {vip}:{SCTP_PORT}/sctp to its endpoints:\n{dump}"
+        );
     }
 }

@@ -24,12 +24,26 @@
 //!                          (optional) node2: eth1 198.18.2.3 ──────────┘
 //! ```
 //!
-//! The node routes `198.19.0.0/16` and `fd00:96::/64` to `vip0`, a sink
-//! device (veth with its peer down, NOARP), with source 198.18.1.1 /
-//! fd00:1::1. Locally generated traffic to a VIP thus finds a route, passes
-//! nat OUTPUT where kproxy's DNAT rewrites it to a pod, and is re-routed out
-//! of br0. Without a DNAT rule it is silently dropped (`ConnError::Timeout`),
-//! from the node and from the client/pods alike. See [`vip_routes`].
+//! The node routes `198.19.0.0/16` and `fd00:96::/64` to `vip0`, with
+//! source 198.18.1.1 / fd00:1::1. Locally generated traffic to a VIP thus
+//! finds a route, passes nat OUTPUT where kproxy's DNAT rewrites it to a
+//! pod, and is re-routed out of br0. What happens to a VIP packet that no
+//! rule rewrote depends on the builder:
+//!
+//! - by default `vip0` is a sink device (veth with its peer down, NOARP):
+//!   the packet is silently dropped (`ConnError::Timeout`), from the node
+//!   and from the client/pods alike. See [`vip_routes`].
+//! - with [`TopologyBuilder::unhandled_responder`], `vip0` leads to a
+//!   `nowhere` namespace holding the VIP ranges, where every TCP/UDP port
+//!   answers with the label [`UNHANDLED`]. Untouched traffic is then an
+//!   answer, distinct from a DROP (timeout) and a REJECT (refused). See
+//!   [`nowhere_routes`].
+//!
+//! ```text
+//!  node: vip0 198.18.254.1/30 ── eth0 198.18.254.2 nowhere
+//!        (fd00:254::1/64)          (fd00:254::2; local 198.19.0.0/16,
+//!                                   fd00:96::/64; all ports → "unhandled")
+//! ```
 
 #![allow(dead_code)]
 // Test harness: it runs `ip`, servers and tools directly, outside sys::CommandRunner.
@@ -68,6 +82,12 @@ pub const VIP_CIDR6: &str = "fd00:96::/64";
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Poll interval of server threads (bounds how long Drop waits for them).
 const SERVER_POLL_MS: i32 = 50;
+/// Label of every answer from the unhandled responder (the `nowhere`
+/// namespace, and the harness's NodePort listeners on the node): traffic no
+/// rule handled.
+pub const UNHANDLED: &str = "unhandled";
+/// Port of the `nowhere` reply servers (every TCP/UDP port is redirected there).
+pub const NOWHERE_PORT: u16 = 9999;
 /// Payload the UDP clients send.
 const UDP_PING: &[u8] = b"kproxy-netns-ping\n";
 
@@ -912,13 +932,19 @@ impl Netns {
     /// a thread. Each connection gets `"<label> <peer_ip>:<peer_port>\n"` and
     /// is closed. Stops when the namespace drops. Returns the bound port.
     pub fn serve_tcp(&self, port: u16) -> io::Result<u16> {
+        self.serve_tcp_as(port, &self.label)
+    }
+
+    /// [`serve_tcp`](Self::serve_tcp), answering with `label` instead of
+    /// the namespace's label (e.g. [`UNHANDLED`]).
+    pub fn serve_tcp_as(&self, port: u16, label: &str) -> io::Result<u16> {
         let listener = self.run_in(|| {
             TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
                 .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
         })?;
         listener.set_nonblocking(true)?;
         let bound = listener.local_addr()?.port();
-        let label = self.label.clone();
+        let label = label.to_string();
         self.spawn_server(Proto::Tcp, bound, move |stop| tcp_server_loop(listener, label, stop))?;
         Ok(bound)
     }
@@ -926,12 +952,17 @@ impl Netns {
     /// Start a UDP echo-ish server on `[::]:port`: every datagram gets the
     /// reply line. Returns the bound port.
     pub fn serve_udp(&self, port: u16) -> io::Result<u16> {
+        self.serve_udp_as(port, &self.label)
+    }
+
+    /// [`serve_udp`](Self::serve_udp), answering with `label`.
+    pub fn serve_udp_as(&self, port: u16, label: &str) -> io::Result<u16> {
         let sock = self.run_in(|| {
             UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)).or_else(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
         })?;
         sock.set_nonblocking(true)?;
         let bound = sock.local_addr()?.port();
-        let label = self.label.clone();
+        let label = label.to_string();
         self.spawn_server(Proto::Udp, bound, move |stop| udp_server_loop(sock, label, stop))?;
         Ok(bound)
     }
@@ -1147,6 +1178,7 @@ pub struct TopologyBuilder {
     pods: usize,
     ipv6: bool,
     second_node: bool,
+    unhandled_responder: bool,
 }
 
 impl Default for TopologyBuilder {
@@ -1155,6 +1187,7 @@ impl Default for TopologyBuilder {
             pods: 2,
             ipv6: false,
             second_node: false,
+            unhandled_responder: false,
         }
     }
 }
@@ -1177,6 +1210,18 @@ impl TopologyBuilder {
     /// via its eth1. It has no pods of its own.
     pub fn second_node(mut self, on: bool) -> Self {
         self.second_node = on;
+        self
+    }
+
+    /// Route the node's VIP ranges to the `nowhere` namespace instead of
+    /// the silent sink: every TCP connection and UDP datagram that reaches
+    /// it (any VIP, any port) is answered with the label [`UNHANDLED`].
+    /// Traffic no rule on the node handled then *answers*, so it cannot be
+    /// mistaken for a DROP (no answer) or a REJECT (refused). Needs `nft`
+    /// (the redirect lives in the `nowhere` namespace only). See
+    /// [`nowhere_routes`].
+    pub fn unhandled_responder(mut self, on: bool) -> Self {
+        self.unhandled_responder = on;
         self
     }
 
@@ -1204,13 +1249,21 @@ impl TopologyBuilder {
         for i in 0..self.pods {
             pods.push(Netns::new(&format!("pod{i}"))?);
         }
+        let nowhere = match self.unhandled_responder {
+            true => Some(Netns::new("nowhere")?),
+            false => None,
+        };
 
         if v6 {
             // No DAD: addresses are usable immediately. Set before any link
             // exists so `default` covers every interface created later
             // (a veth peer created "into" a namespace takes that
             // namespace's defaults).
-            let all = [&node, &client].into_iter().chain(node2.as_ref()).chain(pods.iter());
+            let all = [&node, &client]
+                .into_iter()
+                .chain(node2.as_ref())
+                .chain(nowhere.as_ref())
+                .chain(pods.iter());
             for ns in all {
                 ns.try_sysctl("net.ipv6.conf.all.accept_dad", "0")?;
                 ns.try_sysctl("net.ipv6.conf.default.accept_dad", "0")?;
@@ -1288,7 +1341,10 @@ impl TopologyBuilder {
             Ok(())
         };
         router_sysctls(&node)?;
-        vip_routes(&node, "198.18.1.1", "fd00:1::1", v6)?;
+        match &nowhere {
+            Some(nw) => nowhere_routes(&node, nw, v6)?,
+            None => vip_routes(&node, "198.18.1.1", "fd00:1::1", v6)?,
+        }
 
         if let Some(n2) = &node2 {
             uplink(n2, "vn2", "198.18.2.3/24", "fd00:2::3/64")?;
@@ -1304,6 +1360,7 @@ impl TopologyBuilder {
             pods,
             client,
             node2,
+            nowhere,
             node,
             ipv6: v6,
         })
@@ -1336,6 +1393,64 @@ fn vip_routes(n: &Netns, src4: &str, src6: &str, v6: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// Address plan of the node ↔ `nowhere` link (node side `vip0`).
+const NOWHERE_NODE4: &str = "198.18.254.1";
+const NOWHERE_PEER4: &str = "198.18.254.2";
+const NOWHERE_NODE6: &str = "fd00:254::1";
+const NOWHERE_PEER6: &str = "fd00:254::2";
+
+/// Route the node's VIP ranges to the `nowhere` namespace, where every TCP
+/// and UDP packet is answered with [`UNHANDLED`].
+///
+/// The node's `vip0` is a veth to `nowhere` (198.18.254.1/30 ↔ .2,
+/// fd00:254::1/64 ↔ ::2); the VIP ranges are routed via `nowhere` with the
+/// node's pod-network address as source (as [`vip_routes`] does, so
+/// node-originated traffic that a rule DNATs still comes from 198.18.1.1).
+/// `nowhere` holds the VIP ranges as local addresses (`route add local`),
+/// runs TCP and UDP reply servers on [`NOWHERE_PORT`], and redirects every
+/// TCP/UDP destination port to it (an nft table inside `nowhere`; the
+/// node's own rules are untouched). Replies go back through the node, so
+/// pods, the node and the client get an answer for any VIP they send to,
+/// in both families, unless a rule on the node handled the packet first.
+fn nowhere_routes(node: &Netns, nowhere: &Netns, v6: bool) -> io::Result<()> {
+    if find_tool("nft").is_none() {
+        return Err(io::Error::other("the unhandled responder needs `nft` on PATH"));
+    }
+    node.ipc(&format!(
+        "link add vip0 type veth peer name eth0 netns {}",
+        nowhere.name()
+    ))?;
+    node.ipc(&format!("addr add {NOWHERE_NODE4}/30 dev vip0"))?;
+    nowhere.ipc(&format!("addr add {NOWHERE_PEER4}/30 dev eth0"))?;
+    if v6 {
+        node.ipc(&format!("-6 addr add {NOWHERE_NODE6}/64 dev vip0 nodad"))?;
+        nowhere.ipc(&format!("-6 addr add {NOWHERE_PEER6}/64 dev eth0 nodad"))?;
+    }
+    node.ipc("link set vip0 up")?;
+    nowhere.ipc("link set eth0 up")?;
+    nowhere.ipc(&format!("route add local {VIP_CIDR4} dev lo"))?;
+    nowhere.ipc(&format!("route add default via {NOWHERE_NODE4}"))?;
+    node.ipc(&format!(
+        "route add {VIP_CIDR4} via {NOWHERE_PEER4} dev vip0 src 198.18.1.1"
+    ))?;
+    if v6 {
+        nowhere.ipc(&format!("-6 route add local {VIP_CIDR6} dev lo"))?;
+        nowhere.ipc(&format!("-6 route add default via {NOWHERE_NODE6}"))?;
+        node.ipc(&format!(
+            "-6 route add {VIP_CIDR6} via {NOWHERE_PEER6} dev vip0 src fd00:1::1"
+        ))?;
+    }
+    let redirect = format!(
+        "table inet nowhere {{ chain prerouting {{ type nat hook prerouting priority -100; policy accept; \
+         meta l4proto {{ tcp, udp }} redirect to :{NOWHERE_PORT} ; }} ; }}\n"
+    );
+    let out = nowhere.exec_with_input(&["nft", "-f", "-"], redirect.as_bytes())?;
+    check_output(&format!("[{}] nft -f - (unhandled responder)", nowhere.name()), out)?;
+    nowhere.serve_tcp_as(NOWHERE_PORT, UNHANDLED)?;
+    nowhere.serve_udp_as(NOWHERE_PORT, UNHANDLED)?;
+    Ok(())
+}
+
 fn pod_ip_v4(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 1, (10 + i) as u8)
 }
@@ -1352,6 +1467,7 @@ pub struct Topology {
     pods: Vec<Netns>,
     client: Netns,
     node2: Option<Netns>,
+    nowhere: Option<Netns>,
     node: Netns,
     ipv6: bool,
 }
@@ -1377,6 +1493,19 @@ impl Topology {
         self.node2.is_some()
     }
 
+    /// The namespace answering unhandled VIP traffic; panics unless built
+    /// with `.unhandled_responder(true)`.
+    pub fn nowhere(&self) -> &Netns {
+        match &self.nowhere {
+            Some(n) => n,
+            None => panic!("topology was built without .unhandled_responder(true)"),
+        }
+    }
+
+    pub fn has_unhandled_responder(&self) -> bool {
+        self.nowhere.is_some()
+    }
+
     pub fn client(&self) -> &Netns {
         &self.client
     }
@@ -1393,11 +1522,12 @@ impl Topology {
         self.pods.len()
     }
 
-    /// Every namespace of the topology (node, client, node2, pods).
+    /// Every namespace of the topology (node, client, node2, nowhere, pods).
     pub fn namespaces(&self) -> Vec<&Netns> {
         [&self.node, &self.client]
             .into_iter()
             .chain(self.node2.as_ref())
+            .chain(self.nowhere.as_ref())
             .chain(self.pods.iter())
             .collect()
     }

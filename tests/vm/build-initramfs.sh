@@ -17,7 +17,8 @@
 #
 # Everything comes from Debian packages that .ci/run installs: the kernel,
 # busybox-static (shell, mount, modprobe), kmod (depmod), iproute2, ipvsadm,
-# ipset, iptables, bash (ipvsadm-save is a bash script), cpio, xz-utils,
+# ipset, iptables, nftables (nft: the packet suite's unhandled responder),
+# bash (ipvsadm-save is a bash script), cpio, xz-utils,
 # binutils (strip, readelf), ca-certificates. Exit status 3 means a prerequisite is missing
 # (the message says which); anything else non-zero is a build failure.
 #
@@ -36,7 +37,7 @@ CACHE=$1 OUT=$2 PAYLOAD=$3; shift 3
 [ -f "$PAYLOAD" ] || die "no payload $PAYLOAD"
 [ "$(id -u)" = 0 ] || missing "root (depmod on a scratch tree, mknod, apt-get download)"
 for tool in apt-get apt-cache dpkg-deb dpkg-query depmod cpio xz strip readelf ldd busybox ip ipvsadm ipset \
-            xtables-nft-multi bash; do
+            xtables-nft-multi bash nft; do
   command -v "$tool" >/dev/null || missing "$tool (bash .ci/run installs it)"
 done
 # gotcha: Debian's plain `busybox` is dynamic; the image wants busybox-static.
@@ -107,7 +108,7 @@ usr_merge() {  # the host's /bin -> usr/bin layout, so ldd's paths copy verbatim
 
 # ---------------------------------------------------------- base image
 KEY=$( { cat "$0"; echo "$KPKG $KVER";
-  dpkg-query -W busybox-static ipvsadm ipset iptables iproute2 bash libc6 conntrack 2>/dev/null || true
+  dpkg-query -W busybox-static ipvsadm ipset iptables iproute2 bash libc6 conntrack nftables 2>/dev/null || true
 } | sha256sum | cut -c1-16)
 BASE=$CACHE/base-$KEY
 if [ ! -e "$BASE/.ready" ]; then
@@ -120,7 +121,7 @@ if [ ! -e "$BASE/.ready" ]; then
   mknod -m 600 "$R/dev/console" c 5 1   # PID 1's stdio, before devtmpfs
   mknod -m 666 "$R/dev/null" c 1 3
 
-  for t in ip ipvsadm ipvsadm-save ipset bash xtables-nft-multi xtables-legacy-multi conntrack; do
+  for t in ip ipvsadm ipvsadm-save ipset bash xtables-nft-multi xtables-legacy-multi conntrack nft; do
     src=$(command -v "$t" 2>/dev/null) || continue
     src=$(readlink -f "$src")
     mkdir -p "$R$(dirname "$src")"; cp -L "$src" "$R$src"

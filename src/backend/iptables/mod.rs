@@ -153,7 +153,7 @@ pub struct IptablesBackend {
 // === impl Variant ===
 
 impl Variant {
-    /// iptables-nft vs iptables-legacy: whichever already holds rules wins
+    /// iptables-nft or iptables-legacy: whichever already holds rules wins
     /// (legacy only with strictly more), as kube-proxy's image wrapper
     /// decides; plain `iptables` when neither variant exists.
     pub fn detect(runner: &dyn crate::sys::CommandRunner) -> Variant {
@@ -167,6 +167,29 @@ impl Variant {
             (None, Some(_)) => Variant::Legacy,
             (None, None) => Variant::Plain,
         }
+    }
+
+    /// `cached`, or detected now ([`Variant::detect`]) and remembered there.
+    pub fn detect_once(cached: &mut Option<Variant>, runner: &dyn crate::sys::CommandRunner) -> Variant {
+        if let Some(v) = *cached {
+            return v;
+        }
+        let v = Variant::detect(runner);
+        info!(variant = ?v, "Chose iptables variant");
+        *cached = Some(v);
+        v
+    }
+
+    /// Runs this variant's `tool` for `family` ([`run_program`]).
+    pub fn run(
+        self,
+        sys: &Sys,
+        family: IpFamily,
+        tool: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<String, BackendError> {
+        run_program(sys, family, &self.tool(family, tool), args, stdin)
     }
 
     /// The binary name for `tool` (`iptables`, `iptables-restore`,
@@ -183,6 +206,39 @@ impl Variant {
             Variant::Plain => format!("{base}{suffix}"),
         }
     }
+}
+
+/// Runs `program` (an iptables or ipset tool) for `family`; a non-zero
+/// exit is an `Apply` error with the offending restore input lines as
+/// context.
+pub fn run_program(
+    sys: &Sys,
+    family: IpFamily,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<String, BackendError> {
+    let out = sys
+        .runner
+        .run(program, args, stdin)
+        .map_err(|source| BackendError::Exec {
+            family: Some(family),
+            tool: program.to_string(),
+            source,
+        })?;
+    if out.status != 0 {
+        let context = stdin.and_then(|input| restore_error_context(&out.stderr, input));
+        return Err(BackendError::Apply {
+            family: Some(family),
+            tool: program.to_string(),
+            source: ToolFailure {
+                status: out.status,
+                stderr: out.stderr.trim().to_string(),
+            },
+            context,
+        });
+    }
+    Ok(out.stdout)
 }
 
 /// Whether NodePorts answer on 127.0.0.1 (needs `route_localnet`).
@@ -243,15 +299,9 @@ impl IptablesBackend {
         self.families.iter().find(|f| f.family == family)?.last_input.as_deref()
     }
 
-    /// The iptables variant, detected once ([`Variant::detect`]).
+    /// The variant, detected once ([`Variant::detect`]) unless given.
     fn variant(&mut self) -> Variant {
-        if let Some(v) = self.variant {
-            return v;
-        }
-        let v = Variant::detect(self.sys.runner.as_ref());
-        info!(variant = ?v, "Chose iptables variant");
-        self.variant = Some(v);
-        v
+        Variant::detect_once(&mut self.variant, self.sys.runner.as_ref())
     }
 
     fn run_tool(
@@ -262,29 +312,7 @@ impl IptablesBackend {
         stdin: Option<&[u8]>,
     ) -> Result<String, BackendError> {
         let variant = self.variant.unwrap_or(Variant::Plain);
-        let program = variant.tool(family, tool);
-        let out = self
-            .sys
-            .runner
-            .run(&program, args, stdin)
-            .map_err(|source| BackendError::Exec {
-                family: Some(family),
-                tool: program.clone(),
-                source,
-            })?;
-        if out.status != 0 {
-            let context = stdin.and_then(|input| restore_error_context(&out.stderr, input));
-            return Err(BackendError::Apply {
-                family: Some(family),
-                tool: program,
-                source: ToolFailure {
-                    status: out.status,
-                    stderr: out.stderr.trim().to_string(),
-                },
-                context,
-            });
-        }
-        Ok(out.stdout)
+        variant.run(&self.sys, family, tool, args, stdin)
     }
 
     /// Whether the family's tools exist (probed once).

@@ -3,7 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::model::builders::{mk_service, mk_slice};
+use crate::backend::test_fixtures::{model_with, slice};
+use crate::model::builders::mk_service;
+use crate::model::synth::{self, Mix, SynthParams};
 use crate::model::{Model, SelectionOptions};
 use crate::sys::{CommandOutput, FakeCall, FakeRunner};
 
@@ -55,40 +57,6 @@ impl FakeKernel {
             ok(String::new())
         })
     }
-}
-
-fn web(eps: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
-    mk_slice("default", "web-1", "web")
-        .port("http", 8080, "TCP")
-        .endpoints(eps)
-        .build()
-}
-
-fn model_with(n: usize) -> Model {
-    let mut m = Model::new("node-a", SelectionOptions::default());
-    for i in 0..n {
-        let name = format!("svc{i}");
-        m.apply_service(
-            &mk_service("default", &name)
-                .cluster_ip(&format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1))
-                .port("http", 80, "TCP")
-                .build(),
-        );
-        m.apply_slice(
-            &mk_slice("default", &format!("{name}-1"), &name)
-                .port("http", 8080, "TCP")
-                .endpoint(&format!("10.244.{}.{}", 1 + i / 250, i % 250 + 1))
-                .build(),
-        );
-    }
-    m.apply_service(
-        &mk_service("default", "web")
-            .cluster_ip("10.96.0.10")
-            .port("http", 80, "TCP")
-            .build(),
-    );
-    m.apply_slice(&web(&["10.244.0.1", "10.244.0.2"]));
-    m
 }
 
 fn restores(runner: &FakeRunner) -> Vec<String> {
@@ -154,7 +122,7 @@ fn one_endpoint_change_rewrites_only_that_services_chains() {
     sync(&mut b, &mut m, SyncKind::Full).expect("full");
     runner.clear();
 
-    m.apply_slice(&web(&["10.244.0.1", "10.244.0.3"]));
+    m.apply_slice(&slice("web", &["10.244.0.1", "10.244.0.3"]));
     sync(&mut b, &mut m, SyncKind::Partial).expect("partial");
     let inputs = restores(&runner);
     assert_eq!(inputs.len(), 1, "only IPv4 changed: {inputs:?}");
@@ -194,7 +162,7 @@ fn new_and_deleted_services_edit_shared_chains_rule_by_rule() {
             .port("http", 80, "TCP")
             .build(),
     );
-    m.delete_service(&crate::model::ServiceName::new("default", "svc0"));
+    m.delete_service(&crate::model::ServiceName::new("default", "svc-00000"));
     sync(&mut b, &mut m, SyncKind::Partial).expect("partial");
     let inputs = restores(&runner);
     let all = inputs.join("");
@@ -205,11 +173,11 @@ fn new_and_deleted_services_edit_shared_chains_rule_by_rule() {
     );
     // The deleted one: its KUBE-SERVICES rule is deleted by spec and its chains removed.
     assert!(
-        all.contains("-D KUBE-SERVICES -m comment --comment \"default/svc0:http cluster IP\""),
+        all.contains("-D KUBE-SERVICES -m comment --comment \"default/svc-00000:http cluster IP\""),
         "{all}"
     );
     assert!(all.contains("-X KUBE-SVC-"), "{all}");
-    assert!(!all.contains("svc1"), "other services untouched:\n{all}");
+    assert!(!all.contains("svc-00001"), "other services untouched:\n{all}");
 }
 
 #[test]
@@ -220,7 +188,7 @@ fn failed_restore_reports_context_and_forces_a_full_sync() {
     let mut m = model_with(2);
     sync(&mut b, &mut m, SyncKind::Full).expect("full");
     *kernel.fail.lock().expect("lock") = true;
-    m.apply_slice(&web(&["10.244.0.9"]));
+    m.apply_slice(&slice("web", &["10.244.0.9"]));
     let err = sync(&mut b, &mut m, SyncKind::Partial).expect_err("restore fails");
     match err {
         BackendError::Apply {
@@ -296,30 +264,20 @@ fn cleanup_removes_our_chains_and_jumps_only() {
 #[test]
 fn large_clusters_drop_endpoint_comments() {
     let mut m = Model::new("node-a", SelectionOptions::default());
-    m.apply_service(
-        &mk_service("default", "big")
-            .cluster_ip("10.96.0.10")
-            .port("http", 80, "TCP")
-            .build(),
-    );
-    let eps: Vec<String> = (0..1001)
-        .map(|i| format!("10.245.{}.{}", i / 250, i % 250 + 1))
-        .collect();
-    let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
-    m.apply_slice(
-        &mk_slice("default", "big-1", "big")
-            .port("http", 8080, "TCP")
-            .endpoints(&refs)
-            .build(),
-    );
+    let big = synth::generate(&SynthParams {
+        mix: Mix::ClusterIpOnly,
+        ..SynthParams::new(1, 1001)
+    });
+    m.reset_services(&big.services);
+    m.reset_slices(&big.slices);
     let b = IptablesBackend::new(Sys::fake(FakeRunner::new()), settings(), Some(Variant::Plain));
     let text = b.render(&m.desired());
     assert!(
-        !text.contains("default/big:http ->"),
+        !text.contains("scale/svc-00000:http ->"),
         "no per-endpoint comments above 1000 endpoints"
     );
     assert!(
-        text.contains("\"default/big:http cluster IP\""),
+        text.contains("\"scale/svc-00000:http cluster IP\""),
         "service comments stay"
     );
 }

@@ -44,7 +44,7 @@ pub use names::DUMMY_INTERFACE;
 pub use render::{DesiredService, FamilyInput, IpvsOpts, IpvsRuleset};
 
 use super::iptables::Variant;
-use super::{Backend, BackendError, NodePortTargets, Settings, SyncKind, SyncStats, ToolFailure};
+use super::{Backend, BackendError, NodePortTargets, Settings, SyncKind, SyncStats};
 use crate::config::ProxyMode;
 use crate::model::{ChangeSet, DesiredState, FirewallScope, IpFamily};
 use crate::sys::ipvs::{RealServer, ServiceKey, VirtualServer};
@@ -239,7 +239,7 @@ impl IpvsBackend {
         }
     }
 
-    /// Runs a tool; a non-zero exit is an Apply error naming it.
+    /// Runs `program` (ipset or an iptables tool) for `family`.
     fn run(
         &self,
         family: IpFamily,
@@ -247,27 +247,7 @@ impl IpvsBackend {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Result<String, BackendError> {
-        let out = self
-            .sys
-            .runner
-            .run(program, args, stdin)
-            .map_err(|source| BackendError::Exec {
-                family: Some(family),
-                tool: program.to_string(),
-                source,
-            })?;
-        if out.status != 0 {
-            return Err(BackendError::Apply {
-                family: Some(family),
-                tool: program.to_string(),
-                source: ToolFailure {
-                    status: out.status,
-                    stderr: out.stderr.trim().to_string(),
-                },
-                context: stdin.and_then(|i| super::iptables::restore_error_context(&out.stderr, i)),
-            });
-        }
-        Ok(out.stdout)
+        super::iptables::run_program(&self.sys, family, program, args, stdin)
     }
 
     /// The families whose iptables tools work (IPv6 probed once).
@@ -299,10 +279,7 @@ impl IpvsBackend {
         bound: &BTreeSet<IpAddr>,
         full: bool,
     ) -> Result<usize, BackendError> {
-        let variant = match self.variant {
-            Some(v) => v,
-            None => *self.variant.insert(Variant::detect(self.sys.runner.as_ref())),
-        };
+        let variant = Variant::detect_once(&mut self.variant, self.sys.runner.as_ref());
         let mut written = 0;
         for family in self.rule_families(variant) {
             let Some(input) = inputs.iter().find(|i| i.ctx.family == family) else {
@@ -349,10 +326,7 @@ impl IpvsBackend {
     /// Removes the ipvs mode's chains (and the jumps into them) in every
     /// family whose tools work. Returns what was removed.
     fn cleanup_rules(&mut self) -> Result<Vec<String>, BackendError> {
-        let variant = match self.variant {
-            Some(v) => v,
-            None => *self.variant.insert(Variant::detect(self.sys.runner.as_ref())),
-        };
+        let variant = Variant::detect_once(&mut self.variant, self.sys.runner.as_ref());
         let ours = |c: &str| names::NAT_CHAINS.contains(&c) || names::FILTER_CHAINS.contains(&c);
         let mut removed = Vec::new();
         for family in IpFamily::ALL {

@@ -3,8 +3,9 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::backend::test_fixtures::{model_with, slice};
 use crate::config::NodePortAddresses;
-use crate::model::builders::{mk_node, mk_service, mk_slice};
+use crate::model::builders::{mk_node, mk_service};
 use crate::model::{Model, SelectionOptions};
 use crate::sys::{CommandOutput, FakeCall, FakeRunner};
 
@@ -87,36 +88,6 @@ impl FakeKernel {
     }
 }
 
-fn slice(svc: &str, eps: &[&str]) -> k8s_openapi::api::discovery::v1::EndpointSlice {
-    mk_slice("default", &format!("{svc}-1"), svc)
-        .port("http", 8080, "TCP")
-        .endpoints(eps)
-        .build()
-}
-
-/// `n` ClusterIP services `svc0…` with one endpoint each, plus `web` with two.
-fn model_with(n: usize) -> Model {
-    let mut m = Model::new("node-a", SelectionOptions::default());
-    for i in 0..n {
-        let name = format!("svc{i}");
-        m.apply_service(
-            &mk_service("default", &name)
-                .cluster_ip(&format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1))
-                .port("http", 80, "TCP")
-                .build(),
-        );
-        m.apply_slice(&slice(&name, &[&format!("10.244.{}.{}", 1 + i / 250, i % 250 + 1)]));
-    }
-    m.apply_service(
-        &mk_service("default", "web")
-            .cluster_ip("10.96.0.10")
-            .port("http", 80, "TCP")
-            .build(),
-    );
-    m.apply_slice(&slice("web", &["10.244.0.1", "10.244.0.2"]));
-    m
-}
-
 /// Syncs the model's pending changes with `kind` and acknowledges them.
 fn sync(b: &mut NftablesBackend, m: &mut Model, kind: SyncKind) -> Result<SyncStats, BackendError> {
     let (desired, changes) = (m.desired(), m.changes());
@@ -180,13 +151,13 @@ fn a_periodic_full_sync_deletes_what_memory_says_is_stale() {
     let mut b = k.backend();
     let mut m = model_with(1);
     sync(&mut b, &mut m, SyncKind::Full).expect("full");
-    m.delete_service(&crate::model::ServiceName::new("default", "svc0"));
+    m.delete_service(&crate::model::ServiceName::new("default", "svc-00000"));
     // The change is not synced partially: the next sync is a periodic full one.
     sync(&mut b, &mut m, SyncKind::Full).expect("periodic full");
     let tx = k.transactions().pop().expect("tx");
     let stale: Vec<&str> = lines_with(&tx, "delete chain ip kproxy service-");
     assert_eq!(stale.len(), 1, "{tx}");
-    assert!(stale[0].contains("default/svc0/"), "{tx}");
+    assert!(stale[0].contains("default/svc-00000/"), "{tx}");
     assert_eq!(k.listings(), 1);
 }
 
@@ -406,20 +377,20 @@ fn old_kernels_delete_stale_chains_a_sync_later() {
     let mut b = k.backend();
     let mut m = model_with(2);
     sync(&mut b, &mut m, SyncKind::Full).expect("full");
-    m.delete_service(&crate::model::ServiceName::new("default", "svc0"));
+    m.delete_service(&crate::model::ServiceName::new("default", "svc-00000"));
     sync(&mut b, &mut m, SyncKind::Partial).expect("partial");
     let tx = k.transactions().pop().expect("tx");
-    let stale = "default/svc0/tcp/http";
+    let stale = "default/svc-00000/tcp/http";
     assert!(lines_with(&tx, "delete chain").is_empty(), "not deleted yet:\n{tx}");
     assert_eq!(lines_with(&tx, "flush chain").len(), 1, "{tx}");
     assert!(lines_with(&tx, "flush chain")[0].contains(stale), "{tx}");
     // Too early: the next sync leaves it alone.
-    m.apply_slice(&slice("svc1", &["10.244.1.7"]));
+    m.apply_slice(&slice("svc-00001", &["10.244.1.7"]));
     sync(&mut b, &mut m, SyncKind::Partial).expect("early");
     let tx = k.transactions().pop().expect("tx");
     assert!(!tx.contains(stale), "{tx}");
     b.age_delayed(STALE_CHAIN_DELAY);
-    m.apply_slice(&slice("svc1", &["10.244.1.8"]));
+    m.apply_slice(&slice("svc-00001", &["10.244.1.8"]));
     sync(&mut b, &mut m, SyncKind::Partial).expect("later");
     let tx = k.transactions().pop().expect("tx");
     let deletes = lines_with(&tx, "delete chain");
