@@ -2503,7 +2503,7 @@ pub mod cases {
                 .src_own()
                 .tries(8),
             Flow::tcp(Who::Client, tcp(lb)).reaches(&[0]).src_own().tries(8),
-            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(mode.pod_to_local_external(&[0, 1], &[0])),
             Flow::tcp(Who::Client, SocketAddr::new(ext6, 30081)).dropped(),
             Flow::udp(Who::Client, SocketAddr::new(ext6, 30054)).dropped(),
             Flow::tcp(Who::Client, tcp(lb_remote)).dropped(),
