@@ -356,7 +356,8 @@ fn starting_in_another_mode_leaves_ipvs_alone() {
     let others = crate::backend::other_modes(&cfg, Sys::fake(FakeRunner::new()));
     assert!(others.iter().all(|b| b.mode() != ProxyMode::Ipvs));
     assert!(!others.is_empty());
-    // Starting in ipvs mode keeps the iptables chains it shares with the iptables mode.
+    // Starting in ipvs mode keeps the iptables chains it shares with the
+    // iptables mode; userspace mode's own chains go.
     let cfg = crate::config::Config {
         mode: ProxyMode::Ipvs,
         ..crate::config::Config::default()
@@ -365,7 +366,7 @@ fn starting_in_another_mode_leaves_ipvs_alone() {
         .iter()
         .map(|b| b.mode())
         .collect();
-    assert_eq!(others, [ProxyMode::Nftables]);
+    assert_eq!(others, [ProxyMode::Nftables, ProxyMode::Userspace]);
 }
 
 #[test]
