@@ -770,7 +770,17 @@ fn daemon_runs_ipvs_mode_end_to_end() {
         );
     }
     assert_eq!(http_get(node, "127.0.0.1:10256", "/healthz").map(|r| r.0), Some(200));
-    let (code, metrics) = http_get(node, "127.0.0.1:10249", "/metrics").expect("metrics");
+    // Traffic flows as soon as the virtual servers are in, before the first
+    // sync has returned and been counted: wait (bounded) for its metrics.
+    let sync_counted = "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (code, metrics) = loop {
+        let got = http_get(node, "127.0.0.1:10249", "/metrics").expect("metrics");
+        if got.1.contains(sync_counted) || std::time::Instant::now() > deadline {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(code, 200);
     for name in [
         "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
