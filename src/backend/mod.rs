@@ -105,6 +105,14 @@ pub enum BackendError {
         #[source]
         source: RunError,
     },
+    /// The kernel refused a netlink request (ipvs mode: IPVS, rtnetlink);
+    /// the source names the operation and the object.
+    #[error("the kernel refused a {mode} mode change")]
+    Kernel {
+        mode: ProxyMode,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The mode is not available in this build or on this kernel.
     #[error("proxy mode {0} is not available: {1}")]
     Unavailable(ProxyMode, String),
@@ -184,7 +192,7 @@ pub fn for_mode_with_board(
         ProxyMode::Iptables => Ok(Box::new(iptables_backend(cfg, sys))),
         ProxyMode::Nftables => Ok(Box::new(nftables_backend(cfg, sys))),
         ProxyMode::Userspace => Ok(Box::new(userspace_backend(cfg, sys).with_board(board))),
-        mode => Err(BackendError::Unavailable(mode, "not implemented yet".into())),
+        ProxyMode::Ipvs => Ok(Box::new(ipvs_backend(cfg, sys))),
     }
 }
 
@@ -200,18 +208,29 @@ pub fn all_backends(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Bo
     vec![
         Box::new(iptables_backend(cfg, sys.clone())),
         Box::new(nftables_backend(cfg, sys.clone())),
-        Box::new(ipvs::IpvsBackend::new(sys.clone())),
-        Box::new(userspace_backend(cfg, sys)),
+        Box::new(userspace_backend(cfg, sys.clone())),
+        Box::new(ipvs_backend(cfg, sys)),
     ]
 }
 
-/// The backends of every mode but `mode`: their leftovers are removed when
-/// kproxy starts, as kube-proxy does when it starts in one mode.
+/// The backends of every mode but `mode` whose leftovers are removed when
+/// kproxy starts, as kube-proxy does when it starts in one mode: iptables,
+/// nftables and userspace. IPVS state is left alone (kube-proxy does not
+/// clean it when starting in another mode, and other software may use
+/// IPVS); `--cleanup` removes it. The ipvs mode shares kube-proxy's
+/// top-level iptables chains (KUBE-SERVICES, KUBE-POSTROUTING, …) with the
+/// iptables mode, so starting in ipvs mode removes only nftables and
+/// userspace leftovers.
 pub fn other_modes(cfg: &crate::config::Config, sys: crate::sys::Sys) -> Vec<Box<dyn Backend>> {
     all_backends(cfg, sys)
         .into_iter()
-        .filter(|b| b.mode() != cfg.mode)
+        .filter(|b| b.mode() != cfg.mode && b.mode() != ProxyMode::Ipvs)
+        .filter(|b| !(cfg.mode == ProxyMode::Ipvs && b.mode() == ProxyMode::Iptables))
         .collect()
+}
+
+fn ipvs_backend(cfg: &crate::config::Config, sys: crate::sys::Sys) -> ipvs::IpvsBackend {
+    ipvs::IpvsBackend::new(sys, Settings::from_config(cfg), ipvs::IpvsOpts::from_config(&cfg.ipvs))
 }
 
 /// The relays run on the runtime the backend is created on (the daemon's);

@@ -81,6 +81,32 @@ pub struct ProxyFlags {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub min_sync_period: Option<String>,
 
+    /// The IPVS scheduler of the ipvs mode: rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq or mh
+    /// [default: rr].
+    #[arg(long, value_name = "NAME")]
+    pub ipvs_scheduler: Option<String>,
+
+    /// Comma-separated CIDRs whose IPVS virtual servers the ipvs mode never touches.
+    #[arg(long, value_name = "CIDRS")]
+    pub ipvs_exclude_cidrs: Option<String>,
+
+    /// ipvs mode: set arp_ignore=1 and arp_announce=2, so the node answers ARP only for its
+    /// own interfaces' addresses.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ipvs_strict_arp: Option<bool>,
+
+    /// ipvs mode: idle timeout of TCP connections, e.g. 900s [default: 0, the kernel's].
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcp_timeout: Option<String>,
+
+    /// ipvs mode: timeout of TCP connections after FIN, e.g. 120s [default: 0, the kernel's].
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_tcpfin_timeout: Option<String>,
+
+    /// ipvs mode: timeout of UDP flows, e.g. 300s [default: 0, the kernel's].
+    #[arg(long, value_name = "DURATION")]
+    pub ipvs_udp_timeout: Option<String>,
+
     /// How long an idle UDP session is kept in userspace mode, e.g. 250ms [default: 250ms].
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub udp_timeout: Option<String>,

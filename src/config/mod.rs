@@ -71,6 +71,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `conntrack.tcpBeLiberal`: when set, kube-proxy skips the INVALID drop.
     pub conntrack_tcp_be_liberal: bool,
+    /// The ipvs mode's settings (`--ipvs-*`, the file's `ipvs` section).
+    pub ipvs: IpvsConfig,
     /// `--udp-timeout` / `udpIdleTimeout`: how long userspace mode keeps an
     /// idle UDP session.
     pub udp_idle_timeout: Duration,
@@ -82,6 +84,23 @@ pub struct Config {
 /// KEP-6032's alpha gate: nftables mode serves localhost NodePorts through a
 /// userspace TCP forwarder when `--nodeport-addresses` names a loopback address.
 pub const GATE_LOCALHOST_NODEPORTS: &str = "KubeProxyNFTablesLocalhostNodePorts";
+/// The ipvs mode's settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpvsConfig {
+    /// The scheduler (`rr` when unset).
+    pub scheduler: String,
+    /// Virtual servers on these addresses are never touched.
+    pub exclude_cidrs: Vec<IpNet>,
+    /// `strictARP`: arp_ignore=1, arp_announce=2.
+    pub strict_arp: bool,
+    /// IPVS connection timeouts; zero leaves the kernel's value.
+    pub tcp_timeout: Duration,
+    pub tcp_fin_timeout: Duration,
+    pub udp_timeout: Duration,
+}
+
+/// The schedulers kube-proxy accepts for `ipvs.scheduler`.
+pub const IPVS_SCHEDULERS: &[&str] = &["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh"];
 
 /// A configuration error: printed as one line, exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +180,7 @@ impl Default for Config {
             verbosity: 0,
             log_format: LogFormat::Text,
             conntrack_tcp_be_liberal: false,
+            ipvs: IpvsConfig::default(),
             udp_idle_timeout: DEFAULT_UDP_IDLE_TIMEOUT,
             feature_gates: std::collections::BTreeMap::new(),
         }
@@ -298,6 +318,7 @@ impl Config {
         ) {
             cfg.healthz_bind_address = parse_bind(&text, 10256, src)?;
         }
+        cfg.ipvs = ipvs_config(flags, file.ipvs.as_ref())?;
         if let Some((text, src)) = pick(
             &flags.udp_timeout,
             "--udp-timeout",
@@ -341,6 +362,66 @@ impl Config {
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << self.masquerade_bit
     }
+}
+
+/// `--ipvs-*` flags over the file's `ipvs` section.
+fn ipvs_config(flags: &ProxyFlags, section: Option<&file::IpvsSection>) -> Result<IpvsConfig, ConfigError> {
+    let empty = file::IpvsSection::default();
+    let file = section.unwrap_or(&empty);
+    let mut cfg = IpvsConfig::default();
+    if let Some((text, src)) = pick(
+        &flags.ipvs_scheduler,
+        "--ipvs-scheduler",
+        &file.scheduler,
+        "config ipvs.scheduler",
+    ) {
+        if !IPVS_SCHEDULERS.contains(&text.as_str()) {
+            return Err(value_err(
+                src,
+                &text,
+                format!("must be one of {}", IPVS_SCHEDULERS.join(", ")),
+            ));
+        }
+        cfg.scheduler = text;
+    }
+    let file_excludes = file.exclude_cidrs.as_ref().map(|v| v.join(","));
+    if let Some((text, src)) = pick(
+        &flags.ipvs_exclude_cidrs,
+        "--ipvs-exclude-cidrs",
+        &file_excludes,
+        "config ipvs.excludeCIDRs",
+    ) {
+        cfg.exclude_cidrs = parse_cidrs(&text, src)?;
+    }
+    cfg.strict_arp = flags.ipvs_strict_arp.or(file.strict_arp).unwrap_or(false);
+    let timeouts = [
+        (
+            &flags.ipvs_tcp_timeout,
+            "--ipvs-tcp-timeout",
+            &file.tcp_timeout,
+            "config ipvs.tcpTimeout",
+        ),
+        (
+            &flags.ipvs_tcpfin_timeout,
+            "--ipvs-tcpfin-timeout",
+            &file.tcp_fin_timeout,
+            "config ipvs.tcpFinTimeout",
+        ),
+        (
+            &flags.ipvs_udp_timeout,
+            "--ipvs-udp-timeout",
+            &file.udp_timeout,
+            "config ipvs.udpTimeout",
+        ),
+    ];
+    let mut parsed = [Duration::ZERO; 3];
+    for (slot, (flag, flag_name, file_value, file_name)) in parsed.iter_mut().zip(timeouts) {
+        if let Some((text, src)) = pick(flag, flag_name, file_value, file_name) {
+            *slot = duration(&text, src)?;
+        }
+    }
+    [cfg.tcp_timeout, cfg.tcp_fin_timeout, cfg.udp_timeout] = parsed;
+    Ok(cfg)
 }
 
 fn mode_periods(section: Option<&file::ModeSection>) -> (Option<String>, Option<String>) {

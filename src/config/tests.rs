@@ -154,6 +154,34 @@ fn file_values_apply_and_flags_override_them() {
 }
 
 #[test]
+fn ipvs_section_applies_and_flags_override_it() {
+    let f = file(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
+         ipvs:\n  scheduler: sh\n  excludeCIDRs: [\"10.1.0.0/16\", \"fd00:9::/64\"]\n  strictARP: true\n\
+         \x20 tcpTimeout: 900s\n  tcpFinTimeout: 2m\n  udpTimeout: 300s\n",
+    );
+    let cfg = Config::build(&flags(&[]), Some(&f)).expect("valid");
+    assert_eq!(cfg.mode, ProxyMode::Ipvs);
+    assert_eq!(cfg.ipvs.scheduler, "sh");
+    assert_eq!(cfg.ipvs.exclude_cidrs.len(), 2);
+    assert!(cfg.ipvs.strict_arp);
+    assert_eq!(
+        (cfg.ipvs.tcp_timeout, cfg.ipvs.tcp_fin_timeout, cfg.ipvs.udp_timeout),
+        (
+            Duration::from_secs(900),
+            Duration::from_secs(120),
+            Duration::from_secs(300)
+        )
+    );
+    let cfg = Config::build(&flags(&["--ipvs-scheduler=mh", "--ipvs-strict-arp=false"]), Some(&f)).expect("valid");
+    assert_eq!(cfg.ipvs.scheduler, "mh");
+    assert!(!cfg.ipvs.strict_arp);
+    // kubeadm's empty values mean "unset".
+    let cfg = Config::build(&flags(&[]), Some(&file(KUBEADM_CONFIG))).expect("valid");
+    assert_eq!(cfg.ipvs, IpvsConfig::default());
+}
+
+#[test]
 fn bad_input_is_refused_with_a_named_source() {
     let cases: &[(&[&str], &str)] = &[
         (&["--proxy-mode=kernelspace"], "--proxy-mode"),
@@ -164,6 +192,9 @@ fn bad_input_is_refused_with_a_named_source() {
         (&["--sync-period=1s", "--min-sync-period=5s"], "--min-sync-period"),
         (&["--metrics-bind-address=nonsense"], "--metrics-bind-address"),
         (&["--nodeport-addresses=1.2.3.4"], "--nodeport-addresses"),
+        (&["--ipvs-scheduler=fastest"], "--ipvs-scheduler"),
+        (&["--ipvs-exclude-cidrs=10.0.0/8"], "--ipvs-exclude-cidrs"),
+        (&["--ipvs-tcp-timeout=-1s"], "--ipvs-tcp-timeout"),
     ];
     for (args, source) in cases {
         let err = Config::build(&flags(args), None).expect_err("must fail").to_string();

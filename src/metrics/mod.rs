@@ -438,7 +438,12 @@ impl Metrics {
             ProxyMode::Nftables => {
                 i.nftables_sync_failures.get_or_create(&l).inc();
             }
-            _ => {}
+            // kube-proxy's ipvs mode counts its failed iptables-restore here;
+            // kproxy counts every failed ipvs-mode sync (netlink included).
+            ProxyMode::Ipvs => {
+                i.iptables_restore_failures.get_or_create(&l).inc();
+            }
+            ProxyMode::Userspace => {}
         }
     }
 

@@ -4,15 +4,23 @@
 //!
 //! - [`process`]: run a tool (iptables-restore, nft, conntrack) with input.
 //! - [`sysctl`]: kernel parameters (`route_localnet`, conntrack liberal mode).
+//! - [`ipvs`]: the kernel's IPVS table over generic netlink.
+//! - [`link`]: interfaces and addresses over rtnetlink (`kube-ipvs0`).
+//! - [`netlink`]: the netlink transport under those two.
 //! - [`hostname`]: the host name, for the default node name.
 //! - [`rlimit`]: the open-file limit, raised for the userspace relay.
 //! - [`socket`]: UDP packet info and `splice(2)`, for the userspace relay.
 
+pub mod ipvs;
+pub mod link;
+pub mod netlink;
 pub mod process;
 pub mod rlimit;
 pub mod socket;
 pub mod sysctl;
 
+pub use ipvs::{FakeIpvs, Ipvs, IpvsError, NetlinkIpvs};
+pub use link::{FakeLinks, LinkError, Links, RtnlLinks};
 pub use process::{CommandOutput, CommandRunner, FakeCall, FakeRunner, NetnsRunner, RealRunner, RunError};
 pub use rlimit::{NofileLimit, raise_nofile_limit};
 pub use sysctl::{FakeSysctl, ProcSysctl, RunnerSysctl, Sysctl};

@@ -65,6 +65,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kproxy::backend::iptables::names::PortChains;
 use kproxy::backend::iptables::{IptablesBackend, Settings};
+use kproxy::backend::ipvs::{Clients, IpvsBackend, IpvsOpts};
 use kproxy::backend::nftables::{self, NftablesBackend};
 use kproxy::backend::userspace::{self, UserspaceBackend};
 use kproxy::backend::{Backend, RecordingBackend, SyncKind};
@@ -326,6 +327,8 @@ pub enum Mode {
     /// relay opens its own connection, so a pod always sees the node's
     /// address; [`Mode::adapt`] rewrites the flows this changes, loudly.
     Userspace,
+    /// Needs a kernel with IPVS: runs in the VM (`tests/ipvs_vm.rs`).
+    Ipvs,
     /// Programs nothing (a recording backend): the empty ruleset every case
     /// must fail against (see [`prove_fails_without_rules`]). Its rule checks
     /// (`check_*`) pass vacuously, so a case runs on to all of its flow
@@ -338,6 +341,7 @@ pub enum ModeBackend {
     Iptables(IptablesBackend),
     Nftables(NftablesBackend),
     Userspace(Box<UserspaceMode>),
+    Ipvs(IpvsBackend),
     Empty(RecordingBackend),
 }
 
@@ -364,6 +368,7 @@ impl ModeBackend {
             ModeBackend::Iptables(b) => b,
             ModeBackend::Nftables(b) => b,
             ModeBackend::Userspace(u) => &mut u.backend,
+            ModeBackend::Ipvs(b) => b,
             ModeBackend::Empty(b) => b,
         }
     }
@@ -375,6 +380,7 @@ impl Mode {
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
             Mode::Userspace => "userspace",
+            Mode::Ipvs => "ipvs",
             Mode::Empty => "empty",
         }
     }
@@ -401,6 +407,7 @@ impl Mode {
                 "conntrack",
                 "sysctl",
             ],
+            Mode::Ipvs => &["ipvsadm", "ipset", "iptables-save", "conntrack", "sysctl"],
             Mode::Empty => &["conntrack", "sysctl"],
         }
     }
@@ -468,6 +475,19 @@ impl Mode {
                 // Stale-chain delay decided from the kernel, as the daemon does.
                 ModeBackend::Nftables(NftablesBackend::new(sys, settings, None))
             }
+            Mode::Ipvs => {
+                let settings = Settings {
+                    masquerade_mark: MASQUERADE_MARK,
+                    masquerade_all: cfg.masquerade_all,
+                    cluster_cidrs: cluster_cidrs(),
+                    nodeport_addresses: cfg.nodeport_addresses.clone(),
+                    localhost_nodeports: false,
+                    conntrack_liberal: false,
+                };
+                // Netlink sockets belong to the namespace they are opened in.
+                let clients = node.run_in(|| Clients::open().unwrap_or_else(|e| panic!("ipvs clients: {e}")));
+                ModeBackend::Ipvs(IpvsBackend::with_clients(sys, settings, IpvsOpts::default(), clients))
+            }
             Mode::Empty => ModeBackend::Empty(RecordingBackend::new()),
         }
     }
@@ -478,6 +498,12 @@ impl Mode {
         match self {
             Mode::Iptables | Mode::Userspace => &[&["iptables-save"], &["ip6tables-save"]],
             Mode::Nftables => &[&["nft", "list", "ruleset"]],
+            Mode::Ipvs => &[
+                &["ipvsadm", "-S", "-n"],
+                &["ipset", "save"],
+                &["iptables-save"],
+                &["ip6tables-save"],
+            ],
             Mode::Empty => &[],
         }
     }
@@ -532,6 +558,16 @@ impl Mode {
                         && l.contains("-j REDIRECT --to-ports ")
                 })
             }
+            Mode::Ipvs => {
+                let kind = match proto {
+                    "tcp" => "-t",
+                    "udp" => "-u",
+                    _ => "--sctp-service",
+                };
+                let vs = format!("{kind} {}", SocketAddr::new(vip, port));
+                dump.lines().any(|l| l.starts_with(&format!("-A {vs} ")))
+                    && dump.lines().any(|l| l.starts_with(&format!("-a {vs} -r ")))
+            }
             Mode::Empty => false,
         }
     }
@@ -562,6 +598,20 @@ impl Mode {
                 match dump.lines().find(|l| l.contains(&dport) && l.contains("-j DROP")) {
                     Some(l) => Err(format!("health check port {port} dropped: {l}")),
                     None => Ok(()),
+                }
+            }
+            Mode::Ipvs => {
+                let dump = self.dump(node);
+                let member = format!("add KUBE-HEALTH-CHECK-NODE-PORT {port}");
+                let accept = dump.lines().any(|l| {
+                    l.starts_with("-A KUBE-NODE-PORT ")
+                        && l.contains("--match-set KUBE-HEALTH-CHECK-NODE-PORT dst")
+                        && l.ends_with("-j ACCEPT")
+                });
+                if dump.lines().any(|l| l == member) && accept {
+                    Ok(())
+                } else {
+                    Err(format!("health check port {port} not accepted:\n{dump}"))
                 }
             }
             Mode::Empty => Ok(()),
@@ -612,6 +662,7 @@ impl Mode {
                 }
             }
             (Mode::Nftables, ModeBackend::Nftables(b)) => nft::check_partial_input(b, changed, unchanged),
+            (Mode::Ipvs, _) => Err("ipvs mode: partial inputs are checked by its own VM test".into()),
             (Mode::Empty, ModeBackend::Empty(_)) => Ok(()),
             (mode, _) => Err(format!("the backend is not a {} backend", mode.name())),
         }
@@ -659,6 +710,12 @@ impl Mode {
                     None => Ok(()),
                 }
             }
+            // Nothing in ipvs mode is named after a service; each case's
+            // flows check that a deleted service no longer answers.
+            Mode::Ipvs => {
+                let _ = (dump, svc);
+                Ok(())
+            }
             Mode::Empty => Ok(()),
         }
     }
@@ -667,7 +724,7 @@ impl Mode {
     /// built-in chains inserted again by a restarted proxy).
     pub fn check_no_duplicate_rules(self, dump: &str) -> Result<(), String> {
         match self {
-            Mode::Iptables | Mode::Userspace => {
+            Mode::Iptables | Mode::Userspace | Mode::Ipvs => {
                 let mut seen = std::collections::BTreeSet::new();
                 // Table sections, counted: the IPv6 dump follows the IPv4 one.
                 let mut section = 0;
@@ -694,7 +751,7 @@ impl Mode {
     /// flush of the whole table/ruleset).
     pub fn check_apply_calls(self, calls: &[Call]) -> Result<(), String> {
         match self {
-            Mode::Iptables | Mode::Userspace => {
+            Mode::Iptables | Mode::Userspace | Mode::Ipvs => {
                 let restores: Vec<&Call> = calls.iter().filter(|c| c.program.ends_with("-restore")).collect();
                 if restores.is_empty() {
                     return Err("no iptables-restore call recorded".into());
@@ -751,13 +808,33 @@ impl Mode {
         self != Mode::Userspace
     }
 
-    /// Whether NodePorts answer on 127.0.0.1. kube-proxy's nftables mode
-    /// has no localhost NodePorts (and neither has ours). The empty mode
-    /// keeps the flow as given (it must fail it).
+    /// Which pods a pod reaches through an external address of a service
+    /// with Local external policy and a local endpoint: `cluster` where pod
+    /// traffic is short-circuited to the cluster endpoints (iptables,
+    /// nftables), `local` in ipvs mode, where the address has one virtual
+    /// server with the local real servers (kube-proxy's ipvs mode).
+    pub fn pod_to_local_external<'a>(self, cluster: &'a [usize], local: &'a [usize]) -> &'a [usize] {
+        match self {
+            Mode::Ipvs => local,
+            Mode::Iptables | Mode::Nftables | Mode::Userspace | Mode::Empty => cluster,
+        }
+    }
+
+    /// Whether an established UDP flow keeps going to a removed endpoint
+    /// until its conntrack entry is deleted. Not in ipvs mode: the real
+    /// server is deleted at once and `expire_nodest_conn=1` moves the flow
+    /// at its next datagram.
+    pub fn keeps_udp_flows_until_conntrack_cleanup(self) -> bool {
+        !matches!(self, Mode::Ipvs)
+    }
+
+    /// Whether NodePorts answer on 127.0.0.1. kube-proxy's nftables and
+    /// ipvs modes have no localhost NodePorts (and neither have ours). The
+    /// empty mode keeps the flow as given (it must fail it).
     pub fn serves_localhost_node_ports(self) -> bool {
         match self {
             Mode::Iptables | Mode::Userspace | Mode::Empty => true,
-            Mode::Nftables => false,
+            Mode::Nftables | Mode::Ipvs => false,
         }
     }
 
@@ -2058,9 +2135,10 @@ pub mod cases {
                 .src_own()
                 .tries(8),
             Flow::tcp(Who::Client, tcp(lb)).reaches(&[0]).src_own().tries(8),
-            // Pod traffic to external destinations is short-circuited to the cluster chain.
-            Flow::tcp(Who::Pod(2), SocketAddr::new(ext, 30080)).reaches(&[0, 1]),
-            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(&[0, 1]),
+            // Pod traffic to external destinations is short-circuited to the
+            // cluster chain (not in ipvs mode: one virtual server, local real servers).
+            Flow::tcp(Who::Pod(2), SocketAddr::new(ext, 30080)).reaches(mode.pod_to_local_external(&[0, 1], &[0])),
+            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(mode.pod_to_local_external(&[0, 1], &[0])),
             Flow::tcp(Who::Pod(2), tcp(v4(60))).reaches(&[0, 1]).src_own(),
             // Only remote endpoints: external traffic dropped, internal fine.
             Flow::tcp(Who::Client, SocketAddr::new(ext, 30081)).dropped(),
@@ -2211,6 +2289,10 @@ pub mod cases {
 
         dp.apply(&[], &[slice("dns", &[local(1)]), slice6("dns", &[local6(1)])]);
         let changes = dp.sync(SyncKind::Partial);
+        if !mode.keeps_udp_flows_until_conntrack_cleanup() {
+            assert_eq!(ask_all("after the sync (the old real server is gone)"), ["pod1"; 3]);
+            return;
+        }
         // Rules now say pod1, but the conntrack entries still say pod0 ...
         assert_eq!(ask_all("after the sync, before the cleanup"), ["pod0"; 3]);
         // ... while fresh flows already take the new rules.
@@ -2591,7 +2673,7 @@ pub mod cases {
                 .src_own()
                 .tries(8),
             Flow::tcp(Who::Client, tcp(lb)).reaches(&[0]).src_own().tries(8),
-            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(&[0, 1]),
+            Flow::tcp(Who::Pod(2), tcp(lb)).reaches(mode.pod_to_local_external(&[0, 1], &[0])),
             Flow::tcp(Who::Client, SocketAddr::new(ext6, 30081)).dropped(),
             Flow::udp(Who::Client, SocketAddr::new(ext6, 30054)).dropped(),
             Flow::tcp(Who::Client, tcp(lb_remote)).dropped(),

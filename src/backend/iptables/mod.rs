@@ -181,8 +181,7 @@ impl Variant {
         v
     }
 
-    /// Runs this variant's `tool` for `family`; a non-zero exit is an
-    /// `Apply` error with the offending restore input lines as context.
+    /// Runs this variant's `tool` for `family` ([`run_program`]).
     pub fn run(
         self,
         sys: &Sys,
@@ -191,28 +190,7 @@ impl Variant {
         args: &[&str],
         stdin: Option<&[u8]>,
     ) -> Result<String, BackendError> {
-        let program = self.tool(family, tool);
-        let out = sys
-            .runner
-            .run(&program, args, stdin)
-            .map_err(|source| BackendError::Exec {
-                family: Some(family),
-                tool: program.clone(),
-                source,
-            })?;
-        if out.status != 0 {
-            let context = stdin.and_then(|input| restore_error_context(&out.stderr, input));
-            return Err(BackendError::Apply {
-                family: Some(family),
-                tool: program,
-                source: ToolFailure {
-                    status: out.status,
-                    stderr: out.stderr.trim().to_string(),
-                },
-                context,
-            });
-        }
-        Ok(out.stdout)
+        run_program(sys, family, &self.tool(family, tool), args, stdin)
     }
 
     /// The binary name for `tool` (`iptables`, `iptables-restore`,
@@ -229,6 +207,39 @@ impl Variant {
             Variant::Plain => format!("{base}{suffix}"),
         }
     }
+}
+
+/// Runs `program` (an iptables or ipset tool) for `family`; a non-zero
+/// exit is an `Apply` error with the offending restore input lines as
+/// context.
+pub fn run_program(
+    sys: &Sys,
+    family: IpFamily,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<String, BackendError> {
+    let out = sys
+        .runner
+        .run(program, args, stdin)
+        .map_err(|source| BackendError::Exec {
+            family: Some(family),
+            tool: program.to_string(),
+            source,
+        })?;
+    if out.status != 0 {
+        let context = stdin.and_then(|input| restore_error_context(&out.stderr, input));
+        return Err(BackendError::Apply {
+            family: Some(family),
+            tool: program.to_string(),
+            source: ToolFailure {
+                status: out.status,
+                stderr: out.stderr.trim().to_string(),
+            },
+            context,
+        });
+    }
+    Ok(out.stdout)
 }
 
 /// Whether NodePorts answer on 127.0.0.1 (needs `route_localnet`).
@@ -802,13 +813,15 @@ impl Delta {
 
 /// Chains and rules of an `iptables-save` dump, by table.
 #[derive(Debug, Default)]
-struct Saved {
-    chains: HashMap<String, Vec<String>>,
-    /// (chain, full `-A CHAIN …` line).
-    rules: HashMap<String, Vec<(String, String)>>,
+/// `iptables-save` output by table.
+pub(crate) struct Saved {
+    /// Table → declared chains.
+    pub(crate) chains: HashMap<String, Vec<String>>,
+    /// Table → (chain, full `-A CHAIN …` line).
+    pub(crate) rules: HashMap<String, Vec<(String, String)>>,
 }
 
-fn parse_save(save: &str) -> Saved {
+pub(crate) fn parse_save(save: &str) -> Saved {
     let mut out = Saved::default();
     let mut table = String::new();
     for line in save.lines() {
