@@ -586,46 +586,7 @@ impl IptablesBackend {
                 || names::FILTER_TOP_CHAINS.contains(&c)
                 || c == names::KUBE_FIREWALL
         };
-        let mut text = String::new();
-        for table in ["filter", "nat"] {
-            let chains: Vec<&String> = parsed
-                .chains
-                .get(table)
-                .into_iter()
-                .flatten()
-                .filter(|c| ours(c))
-                .collect();
-            let jumps: Vec<&String> = parsed
-                .rules
-                .get(table)
-                .into_iter()
-                .flatten()
-                .filter(|(chain, rule)| {
-                    !ours(chain)
-                        && rule
-                            .split_whitespace()
-                            .collect::<Vec<_>>()
-                            .windows(2)
-                            .any(|w| w[0] == "-j" && ours(w[1]))
-                })
-                .map(|(_, rule)| rule)
-                .collect();
-            if chains.is_empty() && jumps.is_empty() {
-                continue;
-            }
-            let _ = writeln!(text, "*{table}");
-            for c in &chains {
-                let _ = writeln!(text, ":{c} - [0:0]");
-            }
-            for rule in &jumps {
-                // `-A CHAIN spec` → `-D CHAIN spec`
-                let _ = writeln!(text, "-D{}", rule.strip_prefix("-A").unwrap_or(rule));
-            }
-            for c in &chains {
-                let _ = writeln!(text, "-X {c}");
-            }
-            text.push_str("COMMIT\n");
-        }
+        let text = removal_input(&parsed, ours);
         if !text.is_empty() {
             self.run_tool(
                 family,
@@ -637,6 +598,54 @@ impl IptablesBackend {
         }
         Ok(())
     }
+}
+
+/// The iptables-restore input (`--noflush`) that deletes every chain in
+/// `saved` that `ours` names, after the jumps into them from other chains;
+/// empty when there is nothing to remove. Shared by the modes that write
+/// `KUBE-*` chains (iptables, ipvs).
+pub(crate) fn removal_input(saved: &Saved, ours: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    for table in ["filter", "nat"] {
+        let chains: Vec<&String> = saved
+            .chains
+            .get(table)
+            .into_iter()
+            .flatten()
+            .filter(|c| ours(c))
+            .collect();
+        let jumps: Vec<&String> = saved
+            .rules
+            .get(table)
+            .into_iter()
+            .flatten()
+            .filter(|(chain, rule)| {
+                !ours(chain)
+                    && rule
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .windows(2)
+                        .any(|w| w[0] == "-j" && ours(w[1]))
+            })
+            .map(|(_, rule)| rule)
+            .collect();
+        if chains.is_empty() && jumps.is_empty() {
+            continue;
+        }
+        let _ = writeln!(text, "*{table}");
+        for c in &chains {
+            let _ = writeln!(text, ":{c} - [0:0]");
+        }
+        for rule in &jumps {
+            // `-A CHAIN spec` → `-D CHAIN spec`
+            let _ = writeln!(text, "-D{}", rule.strip_prefix("-A").unwrap_or(rule));
+        }
+        for c in &chains {
+            let _ = writeln!(text, "-X {c}");
+        }
+        text.push_str("COMMIT\n");
+    }
+    text
 }
 
 impl Backend for IptablesBackend {

@@ -34,7 +34,6 @@ pub mod render;
 pub mod rules;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -333,46 +332,7 @@ impl IpvsBackend {
             let Ok(save) = self.run(family, &variant.tool(family, "iptables-save"), &[], None) else {
                 continue; // no tools for this family: nothing of ours there
             };
-            let saved = super::iptables::parse_save(&save);
-            let mut text = String::new();
-            for table in ["filter", "nat"] {
-                let chains: Vec<&String> = saved
-                    .chains
-                    .get(table)
-                    .into_iter()
-                    .flatten()
-                    .filter(|c| ours(c))
-                    .collect();
-                let jumps: Vec<&String> = saved
-                    .rules
-                    .get(table)
-                    .into_iter()
-                    .flatten()
-                    .filter(|(chain, rule)| {
-                        !ours(chain)
-                            && rule
-                                .split_whitespace()
-                                .collect::<Vec<_>>()
-                                .windows(2)
-                                .any(|w| w[0] == "-j" && ours(w[1]))
-                    })
-                    .map(|(_, rule)| rule)
-                    .collect();
-                if chains.is_empty() && jumps.is_empty() {
-                    continue;
-                }
-                let _ = writeln!(text, "*{table}");
-                for c in &chains {
-                    let _ = writeln!(text, ":{c} - [0:0]");
-                }
-                for rule in &jumps {
-                    let _ = writeln!(text, "-D{}", rule.strip_prefix("-A").unwrap_or(rule));
-                }
-                for c in &chains {
-                    let _ = writeln!(text, "-X {c}");
-                }
-                text.push_str("COMMIT\n");
-            }
+            let text = super::iptables::removal_input(&super::iptables::parse_save(&save), ours);
             if !text.is_empty() {
                 let tool = variant.tool(family, "iptables-restore");
                 self.run(family, &tool, &["-w", "5", "--noflush"], Some(text.as_bytes()))?;
